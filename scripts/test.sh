@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up the environment (first run only) and run every test. Extra arguments go to pytest.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+"$root/scripts/setup.sh"
+cd "$root/training"
+exec "$root/.venv/bin/python" -m pytest -ra "$@"

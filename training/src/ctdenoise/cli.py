@@ -1,0 +1,326 @@
+"""The ``ctdenoise`` command: a thin layer over the engine's functions.
+
+Every command maps to one engine call. User errors (:class:`CTDenoiseError`) print one line,
+``error: ...``, and exit with status 2; an interrupt exits with 130; nothing prints a traceback
+unless ``CTDENOISE_DEBUG=1`` is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from ctdenoise import __version__
+from ctdenoise.errors import CTDenoiseError
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from ctdenoise.io import read_volume
+
+    volume = read_volume(args.input)
+    array = volume.array
+    meta = {k: v for k, v in volume.metadata.items() if k not in ("dicom_files", "slice_positions")}
+    print(json.dumps({
+        "shape_zyx": list(volume.shape),
+        "spacing_xyz_mm": [round(float(s), 6) for s in volume.spacing],
+        "origin_xyz_mm": [round(float(s), 6) for s in volume.origin],
+        "direction": [round(float(s), 6) for s in volume.direction],
+        "hu_min": float(array.min()),
+        "hu_max": float(array.max()),
+        "hu_mean": float(array.mean()),
+        "metadata": meta,
+    }, indent=2, default=str))
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from ctdenoise.networks.complexity import model_summary_rows
+
+    rows = model_summary_rows()
+    print(f"{'network':<26}{'parameters':>14}{'GFLOP/slice':>14}{'vs seed':>10}   (one 512x512 slice, FLOP = 2 x MAC)")
+    for row in rows:
+        ratio = row.get("ratio_to_seed")
+        ratio_text = f"{ratio:.3f}" if isinstance(ratio, float) else "-"
+        print(f"{row['name']:<26}{row['parameters']:>14,}{row['gflops']:>14.1f}{ratio_text:>10}")
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from ctdenoise.io import read_volume, write_volume
+    from ctdenoise.physics import simulate_volume
+
+    _refuse_same_path(args.input, args.output)
+    volume = read_volume(args.input)
+    options: dict[str, Any] = {"device": args.device}
+    for key in ("photons", "electronic_noise", "views", "kernel"):
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
+    low = simulate_volume(volume, args.dose, seed=args.seed, **options)
+    description = f"simulated {args.dose:g} dose (ctdenoise)"
+    path = write_volume(low, args.output, series_description=description)
+    print(f"wrote {path} (simulated dose fraction {args.dose:g}, {volume.shape[0]} slices)")
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ctdenoise.data import discover_dataset, discover_full_dose, discover_pair, prepare_cache, split_by_patient
+
+    if args.low is not None:
+        records = discover_pair(args.source, args.low, low_dose_fraction=args.low_dose_fraction)
+    elif args.layout == "full":
+        records = discover_full_dose(args.source)
+    else:
+        records = discover_dataset(args.source, layout=args.layout)
+    records = [r for r in records if _keep_record(r, args)]
+    if not records:
+        raise CTDenoiseError(f"no scans in {args.source} match --thickness/--kernel: check the filters")
+    records = split_by_patient(records, val_patients=args.val_patients, val_fraction=args.val_fraction, seed=args.seed)
+    with tqdm(total=len(records), unit="scan", disable=args.quiet) as bar:
+
+        def progress(done: int, total: int, message: str) -> None:
+            bar.total = total
+            bar.n = done
+            bar.set_postfix_str(message[-40:])
+            bar.refresh()
+
+        index = prepare_cache(
+            records,
+            args.out,
+            simulate_dose=args.simulate_dose,
+            seed=args.seed,
+            overwrite=args.overwrite,
+            progress=progress,
+        )
+    print(json.dumps(index.summary(), indent=2, default=str))
+    print(f"cache written to {args.out}")
+    return 0
+
+
+def _keep_record(record: Any, args: argparse.Namespace) -> bool:
+    if args.thickness is not None and record.thickness_mm is not None and abs(record.thickness_mm - args.thickness) > 1e-6:
+        return False
+    if args.kernel is not None and record.kernel is not None and record.kernel.upper() != args.kernel.upper():
+        return False
+    return True
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ctdenoise.training import documented_defaults, load_config, train
+
+    if args.print_config:
+        print(documented_defaults(), end="")
+        return 0
+    if args.config is None or args.out is None:
+        raise CTDenoiseError("train needs --config FILE and --out DIR (see 'ctdenoise train --print-config')")
+    config = load_config(args.config)
+    stop = _StopFlag()
+    with stop:
+        result = train(config, Path(args.out), resume=args.resume, max_steps=args.max_steps, progress=not args.quiet, cancel=stop)
+    if stop():
+        print(f"stopped at step {result.step}; state saved to {Path(args.out) / 'last.pt'} (continue with --resume)")
+        return 130
+    print(f"trained {result.step} steps in {result.seconds:.1f} s; model: {result.model_path}")
+    if result.metrics:
+        print(json.dumps({k: result.metrics[k] for k in ("denoised", "low_dose_input") if k in result.metrics}, indent=2))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ctdenoise.checkpoints import TRAIN_STATE_FORMAT, export_model, load_torch_safely
+
+    source = Path(args.state)
+    if source.is_dir():
+        source = source / "last.pt"
+    state = load_torch_safely(source)
+    if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
+        raise CTDenoiseError(f"{source} is not a ctdenoise training state: pass a run folder or its last.pt")
+    generators = {name: state["models"][name] for name in ("G_Q2F", "G_F2Q")}
+    path = export_model(generators, state["model_metadata"], args.out)
+    print(f"exported {path} (step {state['step']}, preset {state['model_metadata']['generator']['preset']})")
+    return 0
+
+
+def _cmd_convert_seed(args: argparse.Namespace) -> int:
+    from ctdenoise.checkpoints import convert_seed
+
+    path = convert_seed(args.src, args.dst)
+    print(f"converted {args.src} -> {path} (preset seed, normalisation HU clipped at -1000, /4000)")
+    return 0
+
+
+def _cmd_denoise(args: argparse.Namespace) -> int:
+    from ctdenoise.inference import bundled_model_path, denoise_file
+
+    checkpoint = args.checkpoint if args.checkpoint is not None else bundled_model_path()
+    stop = _StopFlag()
+    report = _progress_printer(args.progress)
+    with stop:
+        summary = denoise_file(
+            args.input,
+            args.output,
+            checkpoint,
+            noise_out=args.noise_out,
+            device=args.device,
+            batch_size=args.batch_size,
+            strength=args.strength,
+            progress=report,
+            cancel=stop,
+        )
+    if args.progress == "json":
+        print(json.dumps({"event": "done", **{k: str(v) if isinstance(v, Path) else v for k, v in summary.items()}}, default=str), flush=True)
+    else:
+        print(f"wrote {summary.get('output', args.output)}")
+    return 0
+
+
+def _progress_printer(mode: str) -> Optional[Callable[[Any], None]]:
+    if mode == "json":
+        return lambda info: print(info.to_json(), flush=True)
+    if mode == "none":
+        return None
+    from tqdm import tqdm
+
+    bars: dict[str, Any] = {}
+
+    def show(info: Any) -> None:
+        bar = bars.setdefault("bar", tqdm(total=info.slices_total, unit="slice", dynamic_ncols=True))
+        bar.n = info.slices_done
+        bar.refresh()
+        if info.slices_done >= info.slices_total:
+            bar.close()
+
+    return show
+
+
+class _StopFlag:
+    """Set by SIGINT/SIGTERM; polled by long engine calls as their ``cancel`` callback."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def __enter__(self) -> "_StopFlag":
+        self._previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+
+def _refuse_same_path(source: str, target: str) -> None:
+    if Path(source).resolve() == Path(target).resolve():
+        raise CTDenoiseError(f"output {target} is the input: choose another output path (inputs are never overwritten)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every sub-command."""
+    parser = argparse.ArgumentParser(prog="ctdenoise", description="Unpaired low-dose CT denoising with CycleGAN.")
+    parser.add_argument("--version", action="version", version=f"ctdenoise {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("info", help="print a CT volume's shape, geometry, HU range and DICOM facts")
+    p.add_argument("input", help="DICOM folder or file, .nii/.nii.gz, .nrrd or .mha")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("models", help="print parameter counts and FLOPs per 512x512 slice of the network presets")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("simulate", help="simulate a low-dose scan from a full-dose one (projection-domain noise insertion)")
+    p.add_argument("input", help="full-dose CT: DICOM folder or file, NIfTI, NRRD or MHA")
+    p.add_argument("output", help="output path (.nii.gz, .nrrd, .mha; no extension: a DICOM series folder)")
+    p.add_argument("--dose", type=float, default=0.25, help="dose fraction in (0, 1] (default 0.25: quarter dose)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument("--photons", type=float, default=None, help="full-dose photons per ray (default: calibrated value)")
+    p.add_argument("--electronic-noise", dest="electronic_noise", type=float, default=None, help="electronic noise std in counts")
+    p.add_argument("--views", type=int, default=None, help="projection views over 180 degrees")
+    p.add_argument("--kernel", default=None, help="reconstruction filter: ramp, shepp-logan, cosine, hamming or hann")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("prepare", help="convert a dataset into a training cache (int16 memory-mapped arrays + index.json)")
+    p.add_argument("source", help="dataset root (AAPM/Mayo tree, seed {train,test}/{full_dose,quarter_dose}, or a folder of full-dose volumes)")
+    p.add_argument("--out", required=True, help="cache folder to create")
+    p.add_argument("--layout", default="auto", choices=["auto", "aapm", "seed", "full"], help="dataset layout (default: detect; 'full': folder of full-dose volumes only)")
+    p.add_argument("--low", default=None, help="folder of low-dose volumes paired by name with SOURCE's full-dose volumes (generic layout)")
+    p.add_argument("--low-dose-fraction", type=float, default=0.25, help="dose fraction of --low volumes (default 0.25)")
+    p.add_argument("--simulate-dose", type=float, default=None, help="simulate this dose fraction for full-dose scans without a low-dose partner")
+    p.add_argument("--thickness", type=float, default=None, help="keep only this slice thickness in mm (AAPM: 1 or 3)")
+    p.add_argument("--kernel", default=None, help="keep only this reconstruction kernel (AAPM: B30 or D45)")
+    p.add_argument("--val-patients", nargs="*", default=None, help="patients held out for validation (default: a fraction chosen by seed)")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="fraction of patients for validation (default 0.2)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the split and the simulation (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing cache")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser("train", help="train a CycleGAN from a prepared cache")
+    p.add_argument("--config", help="YAML configuration file")
+    p.add_argument("--out", help="run folder (checkpoints, TensorBoard logs, model.safetensors)")
+    p.add_argument("--max-steps", type=int, default=None, help="override train.max_steps")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--print-config", action="store_true", help="print the default configuration with documentation and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("export", help="export a training state to a .safetensors inference model")
+    p.add_argument("state", help="run folder or training state file (last.pt, checkpoints/step_N.pt)")
+    p.add_argument("--out", required=True, help="destination .safetensors")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("convert-seed", help="import a checkpoint saved by the seed project (never unpickles code)")
+    p.add_argument("src", help="seed .pth file (keys G_Q2F_state_dict, G_F2Q_state_dict, ...)")
+    p.add_argument("dst", help="destination .safetensors")
+    p.set_defaults(func=_cmd_convert_seed)
+
+    p = sub.add_parser("denoise", help="denoise a whole CT volume")
+    p.add_argument("input", help="DICOM folder or file, NIfTI, NRRD or MHA")
+    p.add_argument("output", help="output path (.nii.gz, .nrrd, .mha; no extension: a new DICOM series folder)")
+    p.add_argument("--checkpoint", default=None, help="model (.safetensors or training .pt); default: the bundled model")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    p.add_argument("--batch-size", type=int, default=None, help="slices per batch (default: chosen for the device; halved on out-of-memory)")
+    p.add_argument("--strength", type=float, default=1.0, help="0..1: blend between input (0) and fully denoised (1)")
+    p.add_argument("--noise-out", default=None, help="also write the removed noise (input minus output) here")
+    p.add_argument("--progress", default="bar", choices=["bar", "json", "none"], help="progress display; json: one object per line")
+    p.set_defaults(func=_cmd_denoise)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``ctdenoise`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CTDenoiseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an engine bug: one line unless debugging
+        if os.environ.get("CTDENOISE_DEBUG"):
+            raise
+        print(f"error: internal error {type(exc).__name__}: {exc} (rerun with CTDENOISE_DEBUG=1 for details)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Image-quality figures with their convention stated (REFERENCE.md section 4).
+
+PSNR and SSIM depend on the HU window: both images are clipped to ``window`` and the data range
+is the window width. SSIM uses MONAI's ``SSIMMetric`` (Gaussian 11x11, sigma 1.5, as Wang et al.).
+RMSE is in HU on the unclipped images.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+DEFAULT_WINDOW: tuple[float, float] = (-160.0, 240.0)
+
+
+def _as_batch(image: np.ndarray) -> torch.Tensor:
+    """[y,x] or [n,y,x] array -> float32 tensor [n,1,y,x]."""
+    array = np.asarray(image, dtype=np.float32)
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3:
+        raise ValueError(f"expected 2-D or 3-D images, got shape {array.shape}")
+    return torch.from_numpy(np.ascontiguousarray(array))[:, None]
+
+
+def image_quality(
+    prediction_hu: np.ndarray,
+    reference_hu: np.ndarray,
+    window: Sequence[float] = DEFAULT_WINDOW,
+) -> dict[str, float]:
+    """PSNR (dB), SSIM and RMSE (HU) of ``prediction_hu`` against ``reference_hu``.
+
+    Args:
+        prediction_hu: [y,x] or [n,y,x] HU.
+        reference_hu: same shape.
+        window: (low, high) HU window for PSNR/SSIM; data range = high - low.
+
+    Returns:
+        ``{"psnr": ..., "ssim": ..., "rmse_hu": ...}``, means over the slices.
+    """
+    from monai.metrics import PSNRMetric, SSIMMetric
+
+    if np.shape(prediction_hu) != np.shape(reference_hu):
+        raise ValueError(f"shape mismatch {np.shape(prediction_hu)} vs {np.shape(reference_hu)}")
+    low, high = float(window[0]), float(window[1])
+    pred, ref = _as_batch(prediction_hu), _as_batch(reference_hu)
+    rmse = torch.sqrt(torch.mean((pred.double() - ref.double()) ** 2)).item()
+    pred_w = (pred.clamp(low, high) - low) / (high - low)
+    ref_w = (ref.clamp(low, high) - low) / (high - low)
+    psnr = PSNRMetric(max_val=1.0)(pred_w, ref_w).mean().item()
+    ssim = SSIMMetric(spatial_dims=2, data_range=1.0, win_size=11, kernel_sigma=1.5)(pred_w, ref_w).mean().item()
+    return {"psnr": float(psnr), "ssim": float(ssim), "rmse_hu": float(rmse)}
+
+
+def metric_convention(window: Sequence[float] = DEFAULT_WINDOW) -> dict[str, Any]:
+    """A record of how :func:`image_quality` measured, for tables and checkpoint metadata."""
+    low, high = float(window[0]), float(window[1])
+    return {
+        "window_hu": [low, high],
+        "data_range_hu": high - low,
+        "ssim": "MONAI SSIMMetric, Gaussian 11x11, sigma 1.5, on the window scaled to [0, 1]",
+        "rmse": "HU, unclipped",
+    }
+
+
+def roi_statistics(image_hu: np.ndarray, roi: tuple[slice, ...]) -> dict[str, float]:
+    """Mean and standard deviation (HU) inside a region of interest, e.g. a homogeneous organ."""
+    values = np.asarray(image_hu, dtype=np.float64)[roi]
+    return {"mean_hu": float(values.mean()), "std_hu": float(values.std())}

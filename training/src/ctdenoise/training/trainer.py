@@ -1,0 +1,490 @@
+"""CycleGAN training loop: unpaired patches in, resumable states and an exported model out.
+
+One process trains on the CPU, one GPU or Apple MPS. Under ``torchrun`` (``WORLD_SIZE`` > 1) each
+process draws its own batches and gradients are averaged with ``torch.distributed.all_reduce``
+before every optimizer step (NCCL on GPUs, Gloo on CPUs). Gradients are reduced by hand rather
+than through ``DistributedDataParallel`` because each generator and discriminator runs several
+times per step (fake, cycle, identity; real and fake), which DDP's one-forward-per-backward
+bookkeeping does not allow without ``static_graph`` tricks.
+
+Output folder layout::
+
+    OUT/config.yaml          the resolved configuration
+    OUT/last.pt              latest resumable training state (atomic)
+    OUT/checkpoints/step_N.pt periodic training states (the newest ``keep_checkpoints``)
+    OUT/model.safetensors    inference model exported at the end (atomic)
+    OUT/metrics.jsonl        one JSON line per validation
+    OUT/tb/                  TensorBoard scalars and image grids
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from ctdenoise.checkpoints import (
+    TRAIN_STATE_FORMAT,
+    ModelCheckpoint,
+    build_metadata,
+    export_model,
+    load_torch_safely,
+    save_torch_atomic,
+)
+from ctdenoise.errors import CTDenoiseError
+from ctdenoise.normalization import HUNormalization
+from ctdenoise.training.config import Config
+from ctdenoise.training.pool import ImagePool
+
+TRAIN_STATE_VERSION = 1
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) run produced."""
+
+    out_dir: Path
+    step: int
+    model_path: Optional[Path]
+    metrics: dict[str, Any]
+    seconds: float
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> "_Dist":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        return cls(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _select_device(requested: str, dist: _Dist) -> torch.device:
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", dist.local_rank)
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available() and dist.world_size == 1:
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CTDenoiseError("train.device is 'cuda' but no CUDA GPU is usable here: set train.device to 'auto' or 'cpu'")
+    if device.type == "cuda" and dist.world_size > 1:
+        return torch.device("cuda", dist.local_rank)
+    return device
+
+
+def _autocast_dtype(config: Config, device: torch.device) -> Optional[torch.dtype]:
+    if config.train.amp == "off" or device.type != "cuda":
+        if config.train.amp == "bf16" and device.type != "cuda":
+            raise CTDenoiseError("train.amp 'bf16' needs a CUDA GPU: set train.amp to 'auto' or 'off'")
+        return None
+    return torch.bfloat16
+
+
+class Trainer:
+    """Owns the four networks, their optimizers and schedulers, and the training state."""
+
+    def __init__(self, config: Config, out_dir: Path, *, resume: bool = False) -> None:
+        from ctdenoise.data import UnpairedPatchSampler, load_cache, paired_validation_slices
+        from ctdenoise.networks import build_discriminator, build_generator, init_weights
+
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.dist = _Dist.from_env()
+        if self.dist.world_size > 1 and not torch.distributed.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() and config.train.device in ("auto", "cuda") else "gloo"
+            torch.distributed.init_process_group(backend)
+        if config.train.threads > 0:
+            torch.set_num_threads(config.train.threads)
+        self.device = _select_device(config.train.device, self.dist)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.amp_dtype = _autocast_dtype(config, self.device)
+        self.normalization = HUNormalization(**config.normalization.__dict__)
+
+        if not config.data.cache:
+            raise CTDenoiseError("config data.cache is empty: run 'ctdenoise prepare' and set data.cache to its folder")
+        self.cache = load_cache(config.data.cache)
+        self.sampler = UnpairedPatchSampler(
+            self.cache,
+            split="train",
+            patch_size=config.data.patch_size,
+            batch_size=config.data.batch_size,
+            seed=config.train.seed,
+            augment=config.data.augment,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            min_body_fraction=config.data.min_body_fraction,
+        )
+        self.val_pairs = (
+            paired_validation_slices(self.cache, split="val", max_slices=config.train.val_slices, seed=config.train.seed)
+            if self.dist.is_main
+            else []
+        )
+
+        torch.manual_seed(config.train.seed)
+        preset, gargs = config.model.generator, dict(config.model.generator_args)
+        self.g_f2q = build_generator(preset, **gargs)
+        self.g_q2f = build_generator(preset, **gargs)
+        self.d_f = build_discriminator(**config.model.discriminator_args)
+        self.d_q = build_discriminator(**config.model.discriminator_args)
+        for net in self.networks.values():
+            init_weights(net)
+            net.to(self.device)
+        if self.dist.world_size > 1:
+            for net in self.networks.values():
+                for tensor in itertools.chain(net.parameters(), net.buffers()):
+                    torch.distributed.broadcast(tensor.data, src=0)
+
+        betas = tuple(config.optim.betas)
+        self.opt_g = torch.optim.Adam(itertools.chain(self.g_f2q.parameters(), self.g_q2f.parameters()), lr=config.optim.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(itertools.chain(self.d_f.parameters(), self.d_q.parameters()), lr=config.optim.lr, betas=betas)
+        self.sched_g, self.sched_d = self._schedulers()
+        self.pool_f = ImagePool(config.train.image_pool)
+        self.pool_q = ImagePool(config.train.image_pool)
+        self.step = 0
+        self.metrics: dict[str, Any] = {}
+
+        last = self.out_dir / "last.pt"
+        if resume:
+            if not last.is_file():
+                raise CTDenoiseError(f"--resume given but {last} does not exist: start without --resume")
+            self._load_state(last)
+        elif last.exists():
+            raise CTDenoiseError(f"{self.out_dir} already holds a run (last.pt): pass --resume to continue it or choose a new --out")
+
+    @property
+    def networks(self) -> dict[str, nn.Module]:
+        """The four networks by their seed names."""
+        return {"G_F2Q": self.g_f2q, "G_Q2F": self.g_q2f, "D_F": self.d_f, "D_Q": self.d_q}
+
+    def _schedulers(self) -> tuple[Optional[Any], Optional[Any]]:
+        o = self.config.optim
+        if o.schedule == "step":  # the seed: StepLR on the generators only
+            return torch.optim.lr_scheduler.StepLR(self.opt_g, step_size=o.step_size, gamma=o.gamma), None
+
+        if o.schedule == "linear":  # the reference CycleGAN: constant, then linear to zero, on both
+
+            def factor(step: int) -> float:
+                return max(0.0, 1.0 - max(0, step - o.decay_start) / o.decay_steps)
+
+            return (
+                torch.optim.lr_scheduler.LambdaLR(self.opt_g, factor),
+                torch.optim.lr_scheduler.LambdaLR(self.opt_d, factor),
+            )
+        return None, None
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly; loadable with ``weights_only=True``."""
+        rng: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "format": TRAIN_STATE_FORMAT,
+            "format_version": TRAIN_STATE_VERSION,
+            "step": self.step,
+            "config": self.config.to_dict(),
+            "models": {name: {k: v.detach().cpu() for k, v in net.state_dict().items()} for name, net in self.networks.items()},
+            "optimizers": {"G": self.opt_g.state_dict(), "D": self.opt_d.state_dict()},
+            "schedulers": {
+                "G": self.sched_g.state_dict() if self.sched_g else None,
+                "D": self.sched_d.state_dict() if self.sched_d else None,
+            },
+            "pool": {"F": self.pool_f.state_dict(), "Q": self.pool_q.state_dict()},
+            "rng": rng,
+            "metrics": self.metrics,
+            "model_metadata": self.model_metadata(),
+        }
+
+    def _load_state(self, path: Path) -> None:
+        state = load_torch_safely(path)
+        if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
+            raise CTDenoiseError(f"{path} is not a ctdenoise training state")
+        saved = state["config"]
+        for section in ("model", "normalization"):
+            if saved[section] != self.config.to_dict()[section]:
+                raise CTDenoiseError(
+                    f"cannot resume: the config's '{section}' section differs from the run in {path.parent}; "
+                    "use the run's config.yaml or start a new --out"
+                )
+        for name, net in self.networks.items():
+            net.load_state_dict(state["models"][name])
+        self.opt_g.load_state_dict(state["optimizers"]["G"])
+        self.opt_d.load_state_dict(state["optimizers"]["D"])
+        for sched, key in ((self.sched_g, "G"), (self.sched_d, "D")):
+            if sched is not None and state["schedulers"][key] is not None:
+                sched.load_state_dict(state["schedulers"][key])
+        self.pool_f.load_state_dict(state["pool"]["F"], self.device)
+        self.pool_q.load_state_dict(state["pool"]["Q"], self.device)
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.step = int(state["step"])
+        self.metrics = dict(state.get("metrics", {}))
+
+    def model_metadata(self) -> dict[str, Any]:
+        """Self-describing metadata for the exported inference model."""
+        from ctdenoise.networks import GENERATOR_PRESETS
+
+        c = self.config
+        gen_args = {**GENERATOR_PRESETS[c.model.generator], **c.model.generator_args}
+        return build_metadata(
+            preset=c.model.generator,
+            generator_args=gen_args,
+            normalization=self.normalization,
+            patch_size=c.data.patch_size,
+            training={
+                "steps": self.step,
+                "data": self.cache.summary(),
+                "config": c.to_dict(),
+                "device": str(self.device),
+                "world_size": self.dist.world_size,
+            },
+            metrics=self.metrics,
+        )
+
+    # ------------------------------------------------------------------ step
+    def _reduce_gradients(self, params: list[nn.Parameter]) -> None:
+        if self.dist.world_size == 1:
+            return
+        grads = [p.grad for p in params if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat)
+        flat /= self.dist.world_size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def train_step(self, real_f: torch.Tensor, real_q: torch.Tensor) -> dict[str, float]:
+        """One generator update then one discriminator update; returns the loss terms."""
+        from ctdenoise.losses import cycle_loss, discriminator_loss, generator_adversarial_loss, generator_total_loss, identity_loss
+
+        lc = self.config.loss
+        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+        for d in (self.d_f, self.d_q):
+            d.requires_grad_(False)
+        self.opt_g.zero_grad(set_to_none=True)
+        with autocast:
+            fake_f, fake_q = self.g_q2f(real_q), self.g_f2q(real_f)
+            total, terms = generator_total_loss(
+                generator_adversarial_loss(self.d_f(fake_f).float()),
+                generator_adversarial_loss(self.d_q(fake_q).float()),
+                cycle_loss(self.g_q2f(fake_q).float(), real_f),
+                cycle_loss(self.g_f2q(fake_f).float(), real_q),
+                identity_loss(self.g_q2f(real_f).float(), real_f),
+                identity_loss(self.g_f2q(real_q).float(), real_q),
+                lambda_cycle=lc.lambda_cycle,
+                lambda_identity=lc.lambda_identity,
+            )
+        total.backward()
+        g_params = [p for g in (self.g_f2q, self.g_q2f) for p in g.parameters()]
+        self._reduce_gradients(g_params)
+        self.opt_g.step()
+
+        for d in (self.d_f, self.d_q):
+            d.requires_grad_(True)
+        pool_rng = np.random.default_rng([self.config.train.seed, self.step, self.dist.rank, 7])
+        pooled_f = self.pool_f.query(fake_f.detach(), pool_rng)
+        pooled_q = self.pool_q.query(fake_q.detach(), pool_rng)
+        self.opt_d.zero_grad(set_to_none=True)
+        with autocast:
+            loss_d_f = discriminator_loss(self.d_f(real_f).float(), self.d_f(pooled_f).float())
+            loss_d_q = discriminator_loss(self.d_q(real_q).float(), self.d_q(pooled_q).float())
+        (loss_d_f + loss_d_q).backward()
+        self._reduce_gradients([p for d in (self.d_f, self.d_q) for p in d.parameters()])
+        self.opt_d.step()
+        for sched in (self.sched_g, self.sched_d):
+            if sched is not None:
+                sched.step()
+        return {
+            **{k: float(v) for k, v in terms.items()},
+            "total": total.item(),
+            "loss_D_F": loss_d_f.item(),
+            "loss_D_Q": loss_d_q.item(),
+        }
+
+    # ------------------------------------------------------------ validation
+    def validate(self) -> dict[str, Any]:
+        """PSNR/SSIM/RMSE of G_Q2F(low) and of the low-dose input against the paired full dose."""
+        from ctdenoise.inference import denoise_array
+        from ctdenoise.metrics import image_quality, metric_convention
+
+        if not self.val_pairs:
+            return {}
+        window = self.config.train.val_window
+        full = np.stack([f for f, _ in self.val_pairs])
+        low = np.stack([q for _, q in self.val_pairs])
+        model = ModelCheckpoint(self.g_q2f, self.normalization, self.model_metadata(), self.out_dir / "model.safetensors")
+        try:
+            denoised = denoise_array(low, model, device=str(self.device), batch_size=2, amp=self.amp_dtype is not None)
+        finally:
+            self.g_q2f.train()
+        return {
+            "step": self.step,
+            "denoised": image_quality(denoised, full, window),
+            "low_dose_input": image_quality(low, full, window),
+            "convention": metric_convention(window),
+            "slices": len(self.val_pairs),
+            "_images": (low[0], denoised[0], full[0]),
+        }
+
+    # ------------------------------------------------------------------ save
+    def save_state(self) -> Path:
+        """Write last.pt (and a periodic copy), pruning old periodic copies."""
+        state = self.state_dict()
+        last = self.out_dir / "last.pt"
+        save_torch_atomic(state, last)
+        folder = self.out_dir / "checkpoints"
+        keep = self.config.train.keep_checkpoints
+        if keep > 0:
+            save_torch_atomic(state, folder / f"step_{self.step:07d}.pt")
+            for old in sorted(folder.glob("step_*.pt"))[:-keep]:
+                old.unlink()
+        return last
+
+    def export(self, path: Optional[Path] = None) -> Path:
+        """Write the inference model (both generators + metadata) as safetensors."""
+        states = {"G_Q2F": self.g_q2f.state_dict(), "G_F2Q": self.g_f2q.state_dict()}
+        return export_model(states, self.model_metadata(), path or self.out_dir / "model.safetensors")
+
+
+def _window_image(image: np.ndarray, window: list[float]) -> np.ndarray:
+    low, high = window
+    return np.clip((image - low) / (high - low), 0.0, 1.0).astype(np.float32)
+
+
+def _to_device(batch: Any, device: torch.device, normalization: HUNormalization) -> torch.Tensor:
+    tensor = torch.as_tensor(batch, dtype=torch.float32)
+    return normalization.normalize(tensor).to(device, non_blocking=True)
+
+
+def train(
+    config: Config,
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    max_steps: Optional[int] = None,
+    progress: bool = True,
+    cancel: Optional[Callable[[], bool]] = None,
+) -> TrainResult:
+    """Train (or resume) a CycleGAN and export ``model.safetensors`` at the end.
+
+    Args:
+        config: validated configuration.
+        out_dir: run folder (see the module docstring).
+        resume: continue from ``out_dir/last.pt`` exactly (same batches, optimizer and pool state).
+        max_steps: overrides ``config.train.max_steps`` (e.g. to extend a finished run).
+        progress: show a tqdm bar (main process only).
+        cancel: polled every step; when it returns True the state is saved and training stops.
+    """
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from ctdenoise.data import StepDataset
+
+    if max_steps is not None:
+        config.train.max_steps = int(max_steps)
+    out_dir = Path(out_dir)
+    trainer = Trainer(config, out_dir, resume=resume)
+    main = trainer.dist.is_main
+    tc = config.train
+    writer = None
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out_dir / "tb"), purge_step=trainer.step + 1 if trainer.step else None)
+
+    remaining = max(0, tc.max_steps - trainer.step)
+    dataset = StepDataset(trainer.sampler, trainer.step, remaining)
+    loader = DataLoader(
+        dataset,
+        batch_size=None,
+        shuffle=False,
+        num_workers=config.data.num_workers,
+        pin_memory=trainer.device.type == "cuda",
+        persistent_workers=False,
+    )
+    start = time.perf_counter()
+    bar = tqdm(total=tc.max_steps, initial=trainer.step, disable=not (progress and main), unit="step", dynamic_ncols=True)
+    last_log = (trainer.step, start)
+    stopped = False
+    try:
+        for full, low in loader:
+            real_f = _to_device(full, trainer.device, trainer.normalization)
+            real_q = _to_device(low, trainer.device, trainer.normalization)
+            losses = trainer.train_step(real_f, real_q)
+            trainer.step += 1
+            bar.update(1)
+            step = trainer.step
+            if main and (step % tc.log_every == 0 or step == tc.max_steps):
+                now = time.perf_counter()
+                rate = (step - last_log[0]) / max(now - last_log[1], 1e-9)
+                last_log = (step, now)
+                for key, value in losses.items():
+                    writer.add_scalar(f"loss/{key}", value, step)
+                writer.add_scalar("lr/generators", trainer.opt_g.param_groups[0]["lr"], step)
+                writer.add_scalar("speed/steps_per_s", rate, step)
+                bar.set_postfix(G=f"{losses['total']:.3f}", D=f"{losses['loss_D_F'] + losses['loss_D_Q']:.3f}")
+            if main and tc.val_every and step % tc.val_every == 0 and step < tc.max_steps:
+                _log_validation(trainer, writer)
+            if step % tc.checkpoint_every == 0 and step < tc.max_steps and main:
+                trainer.save_state()
+            if cancel is not None and cancel():
+                stopped = True
+                break
+    finally:
+        bar.close()
+
+    model_path = None
+    if main:
+        if not stopped:
+            _log_validation(trainer, writer)
+        trainer.save_state()
+        if not stopped:
+            model_path = trainer.export()
+        writer.close()
+    if trainer.dist.world_size > 1:
+        torch.distributed.barrier()
+    return TrainResult(out_dir, trainer.step, model_path, trainer.metrics, time.perf_counter() - start)
+
+
+def _log_validation(trainer: Trainer, writer: Any) -> None:
+    result = trainer.validate()
+    if not result:
+        return
+    low, denoised, full = result.pop("_images")
+    trainer.metrics = result
+    step = trainer.step
+    for group in ("denoised", "low_dose_input"):
+        for key, value in result[group].items():
+            writer.add_scalar(f"val/{group}/{key}", value, step)
+    window = trainer.config.train.val_window
+    grid = np.concatenate([_window_image(x, window) for x in (low, denoised, full)], axis=1)
+    writer.add_image("val/low_denoised_full", grid[None], step)
+    with open(trainer.out_dir / "metrics.jsonl", "a") as handle:
+        handle.write(json.dumps(result) + "\n")
