@@ -144,7 +144,7 @@ def validate(config: Config) -> Config:
     """Check values beyond their types; raise CTDenoiseError naming the key."""
     c = config
     checks = [
-        (c.data.patch_size >= 32, "data.patch_size must be at least 32"),
+        (c.data.patch_size >= 70, "data.patch_size must be at least 70 (the PatchGAN discriminator sees 70x70)"),
         (c.data.batch_size >= 1, "data.batch_size must be at least 1"),
         (c.data.num_workers >= 0, "data.num_workers must be 0 or more"),
         (0.0 <= c.data.min_body_fraction <= 1.0, "data.min_body_fraction must be in [0, 1]"),

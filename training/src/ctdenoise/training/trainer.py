@@ -106,7 +106,7 @@ class Trainer:
 
     def __init__(self, config: Config, out_dir: Path, *, resume: bool = False) -> None:
         from ctdenoise.data import UnpairedPatchSampler, load_cache, paired_validation_slices
-        from ctdenoise.networks import build_discriminator, build_generator, init_weights
+        from ctdenoise.networks import build_discriminator, build_generator
 
         self.config = config
         self.out_dir = Path(out_dir)
@@ -148,8 +148,7 @@ class Trainer:
         self.g_q2f = build_generator(preset, **gargs)
         self.d_f = build_discriminator(**config.model.discriminator_args)
         self.d_q = build_discriminator(**config.model.discriminator_args)
-        for net in self.networks.values():
-            init_weights(net)
+        for net in self.networks.values():  # the builders initialise weights N(0, 0.02) as the seed
             net.to(self.device)
         if self.dist.world_size > 1:
             for net in self.networks.values():

@@ -1,0 +1,7 @@
+"""Reading and writing CT volumes: DICOM, NIfTI, NRRD and MetaImage, as HU float32 ``[z, y, x]``."""
+
+from ctdenoise.io.readers import read_volume
+from ctdenoise.io.volume import Volume
+from ctdenoise.io.writers import validate_output_path, write_volume
+
+__all__ = ["Volume", "read_volume", "validate_output_path", "write_volume"]

@@ -1,0 +1,234 @@
+"""Write CT volumes: NIfTI, NRRD and MetaImage files, or a DICOM series folder.
+
+Storage type: voxels are rounded to whole HU and stored as int16 whenever they fit (-32768..32767),
+which is how CT is stored everywhere (DICOM keeps integer values too; rounding moves a voxel by at
+most 0.5 HU). Only a volume whose rounded values do not fit int16 is written as float32 (image files)
+or with a shifted RescaleIntercept (DICOM).
+
+Every write is atomic: the output is assembled in a hidden temporary sibling (a folder next to the
+target) and moved into place with ``os.replace``/``rename`` at the end, so an error, a crash or a
+cancel never leaves a partial output. Source files are never overwritten.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from pydicom.errors import InvalidDicomError
+
+from ctdenoise.errors import CTDenoiseError
+from ctdenoise.io.dicom import NewSeries, derived_slice, new_ct_slice, new_series
+from ctdenoise.io.readers import IMAGE_FORMATS, image_suffix, itk_reason, quiet_itk
+from ctdenoise.io.volume import Volume
+
+_INT16 = np.iinfo(np.int16)
+_GRID_TOLERANCE = 1e-3
+SUPPORTED_OUTPUTS = ".nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd, or a path without extension for a DICOM series folder"
+
+
+def validate_output_path(path: str | os.PathLike[str], *sources: Volume | None) -> Path:
+    """Check an output path before any work is done; returns it as a Path.
+
+    Refuses an unknown extension, a DICOM output folder that exists and is not empty, and a path
+    that is one of the source files of ``sources`` (``metadata["source_path"]``/``["dicom_files"]``).
+    """
+    target = Path(path)
+    if _is_dicom_output(target):
+        if target.exists() and not target.is_dir():
+            raise CTDenoiseError(f"output {target} exists and is not a folder: choose a new folder name for the DICOM series")
+        if target.is_dir() and any(target.iterdir()):
+            raise CTDenoiseError(f"output folder {target} exists and is not empty: choose a new or empty folder")
+    else:
+        _refuse_source(target, _source_files(sources))
+    return target
+
+
+def write_volume(
+    volume: Volume,
+    path: str | os.PathLike[str],
+    *,
+    reference: Volume | None = None,
+    series_description: str | None = None,
+) -> Path:
+    """Write ``volume`` to ``path`` and return the written path.
+
+    The extension picks the format: .nii/.nii.gz/.nrrd/.nhdr/.mha/.mhd write one image with the
+    volume's spacing, origin and direction; a path without extension (or an existing empty folder)
+    becomes a DICOM series, one file per slice, explicit VR little endian, signed 16-bit, slope 1.
+
+    For DICOM, when ``reference`` (or else ``volume``) came from DICOM (``metadata["dicom_files"]``)
+    each slice copies its source slice's header (patient, study, position and every other tag kept)
+    and gets new SOP/Series UIDs, ImageType DERIVED\\SECONDARY, a new SeriesNumber (source + 1000)
+    and ``series_description`` (default "<source description> (ctdenoise)"). Otherwise a minimal
+    valid CT series is built from the geometry, in a new study unless ``metadata["study_uid"]`` says.
+
+    Raises:
+        CTDenoiseError: NaN/inf voxels, unsupported extension, non-empty DICOM folder, output equal to
+            a source file, volume not on the reference's grid, or a failed write.
+    """
+    target = validate_output_path(path, volume, reference)
+    if not np.isfinite(volume.array).all():
+        raise CTDenoiseError(f"cannot write {target}: the volume has NaN or infinite voxels; fix them first")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if _is_dicom_output(target):
+        _write_dicom_series(volume, target, reference, series_description)
+    else:
+        _write_image(volume, target, _source_files((volume, reference)))
+    return target.absolute()
+
+
+def storage_array(hu: np.ndarray) -> np.ndarray:
+    """Rounded int16 HU when every value fits, else float32 (see the module docstring)."""
+    rounded = np.rint(hu)
+    if rounded.min() >= _INT16.min and rounded.max() <= _INT16.max:
+        return rounded.astype(np.int16)
+    return hu.astype(np.float32)
+
+
+def _is_dicom_output(target: Path) -> bool:
+    """True for a DICOM series folder target; refuses unknown extensions."""
+    if target.is_dir() or target.suffix == "":
+        return True
+    if image_suffix(target) not in IMAGE_FORMATS:
+        raise CTDenoiseError(f"output {target} has the unsupported extension '{target.suffix}': use {SUPPORTED_OUTPUTS}")
+    return False
+
+
+def _source_files(volumes: tuple[Volume | None, ...]) -> set[str]:
+    """Real paths of the files the volumes were read from."""
+    files: set[str] = set()
+    for volume in volumes:
+        if volume is None:
+            continue
+        names = list(volume.metadata.get("dicom_files") or [])
+        if volume.metadata.get("source_path"):
+            names.append(volume.metadata["source_path"])
+        files.update(os.path.realpath(n) for n in names)
+    return files
+
+
+def _refuse_source(target: Path, sources: set[str]) -> None:
+    """Refuse to write over an input file."""
+    if os.path.realpath(target) in sources:
+        raise CTDenoiseError(f"output {target} is an input file and would be overwritten: choose another output path")
+
+
+@contextmanager
+def _staging(target: Path) -> Iterator[Path]:
+    """A hidden temporary folder beside ``target``, removed afterwards whatever happens."""
+    stage = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.ctdenoise-tmp"
+    stage.mkdir()
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _write_image(volume: Volume, target: Path, sources: set[str]) -> None:
+    """One image file (plus its data file for .mhd/.nhdr), moved into place when complete."""
+    image = sitk.GetImageFromArray(storage_array(volume.array))
+    image.SetSpacing([float(v) for v in volume.spacing])
+    image.SetOrigin([float(v) for v in volume.origin])
+    image.SetDirection([float(v) for v in volume.direction])
+    with _staging(target) as stage:
+        try:
+            with quiet_itk():
+                sitk.WriteImage(image, str(stage / target.name), useCompression=image_suffix(target) != ".nii")
+        except RuntimeError as exc:
+            raise CTDenoiseError(f"cannot write {target} ({itk_reason(exc)}): check the path and free disk space") from exc
+        written = sorted(stage.iterdir(), key=lambda p: p.name == target.name)  # header last
+        for item in written:
+            _refuse_source(target.parent / item.name, sources)
+        for item in written:
+            os.replace(item, target.parent / item.name)
+
+
+def _dicom_stored(hu: np.ndarray) -> tuple[np.ndarray, int]:
+    """Signed 16-bit stored values and the RescaleIntercept (0 unless the values need a shift)."""
+    rounded = np.rint(hu)
+    low, high = float(rounded.min()), float(rounded.max())
+    if low >= _INT16.min and high <= _INT16.max:
+        return rounded.astype(np.int16), 0
+    if high - low > _INT16.max - _INT16.min:
+        raise CTDenoiseError(
+            f"cannot write DICOM: values span {low:g}..{high:g} HU, more than 16 bits hold; clip the volume to a HU range"
+        )
+    intercept = int(low) - _INT16.min
+    return (rounded - intercept).astype(np.int16), intercept
+
+
+def _write_dicom_series(volume: Volume, target: Path, reference: Volume | None, description: str | None) -> None:
+    """One DICOM file per slice in a staged folder, renamed to ``target`` when complete."""
+    source = reference if reference is not None else volume
+    files = list(source.metadata.get("dicom_files") or [])
+    if files and len(files) != volume.shape[0]:
+        raise CTDenoiseError(
+            f"cannot write {target}: the volume has {volume.shape[0]} slices but its DICOM source has {len(files)}; "
+            "write .nii.gz instead, or pass the matching reference"
+        )
+    if reference is not None:
+        _check_same_grid(volume, reference, target)
+    stored, intercept = _dicom_stored(volume.array)
+    digits = max(4, len(str(volume.shape[0])))
+    with _staging(target) as stage:
+        series = new_series(_read_source(files[0]) if files else None, source.metadata, description)
+        for index in range(volume.shape[0]):
+            if files:
+                header = _read_source(files[index])
+                if (int(header.Rows), int(header.Columns)) != volume.shape[1:]:
+                    raise CTDenoiseError(
+                        f"cannot write {target}: slice size {volume.shape[1:]} differs from its DICOM source "
+                        f"{files[index]}; write .nii.gz instead"
+                    )
+                dataset = derived_slice(header, stored[index], intercept, series)
+            else:
+                dataset = _geometry_slice(volume, stored[index], intercept, series, index, source.metadata)
+            dataset.save_as(stage / f"{index + 1:0{digits}d}.dcm", implicit_vr=False, little_endian=True,
+                            enforce_file_format=True)
+        if target.is_dir():
+            target.rmdir()  # validated empty; rename cannot replace it on every platform
+        os.replace(stage, target)
+
+
+def _read_source(name: str) -> pydicom.Dataset:
+    """A source slice's header, freshly read so it can be modified."""
+    try:
+        return pydicom.dcmread(name, stop_before_pixels=True)
+    except (OSError, InvalidDicomError) as exc:
+        raise CTDenoiseError(
+            f"cannot read the source DICOM file {name} ({exc}): keep the source series in place while writing"
+        ) from exc
+
+
+def _geometry_slice(
+    volume: Volume, stored: np.ndarray, intercept: int, series: NewSeries, index: int, metadata: dict[str, Any]
+) -> pydicom.Dataset:
+    """Slice ``index`` of a minimal CT series placed by the volume's origin, spacing and direction."""
+    axes = np.asarray(volume.direction, dtype=np.float64).reshape(3, 3)
+    position = np.asarray(volume.origin, dtype=np.float64) + index * volume.spacing[2] * axes[:, 2]
+    orientation = np.concatenate([axes[:, 0], axes[:, 1]])
+    return new_ct_slice(
+        stored, intercept, series, index=index, position=position.tolist(), orientation=orientation.tolist(),
+        spacing=tuple(float(v) for v in volume.spacing), metadata=metadata,  # type: ignore[arg-type]
+    )
+
+
+def _check_same_grid(volume: Volume, reference: Volume, target: Path) -> None:
+    """The reference's headers can only describe a volume on the same voxel grid."""
+    same = volume.shape == reference.shape and all(
+        np.allclose(getattr(volume, name), getattr(reference, name), atol=_GRID_TOLERANCE)
+        for name in ("spacing", "origin", "direction")
+    )
+    if not same:
+        raise CTDenoiseError(
+            f"cannot write {target} with reference headers: the volume's grid (shape {volume.shape}) differs from the "
+            f"reference's (shape {reference.shape}); write .nii.gz instead or pass the matching reference"
+        )

@@ -1,0 +1,250 @@
+"""CycleGAN generators: the seed project's full-resolution ResNet and a fast downsampling ResNet.
+
+Both map a (B, C, H, W) slice in network units to a slice of the same shape and end with a global
+residual, ``out = x + tanh(body(x))``, so an untrained or lightly trained generator stays close to
+the identity. Instance norm is never affine (as in the seed).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ctdenoise.errors import CTDenoiseError
+
+MIN_SIZE = 4
+"""Smallest height and width a generator accepts (its 7x7 reflection padding needs 4 pixels)."""
+
+
+class ResidualBlock(nn.Module):
+    """Two reflection-padded 3x3 convolutions at constant width, with an identity skip.
+
+    ``res_block`` indices 1 and 5 are the convolutions, as in the seed's state dict.
+    """
+
+    def __init__(self, channels: int, bias: bool = True) -> None:
+        super().__init__()
+        self.res_block = nn.Sequential(
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, kernel_size=3, bias=bias),
+            nn.InstanceNorm2d(channels),
+            nn.ReLU(inplace=True),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, kernel_size=3, bias=bias),
+            nn.InstanceNorm2d(channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``x + block(x)``."""
+        return x + self.res_block(x)
+
+
+class ConvBlock(nn.Module):
+    """The seed's widening block: two bias-free 3x3 stride-1 convolutions, each with IN + ReLU."""
+
+    def __init__(self, in_channels: int, mid_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(in_channels, mid_channels, kernel_size=3, padding=1, bias=False),
+            nn.InstanceNorm2d(mid_channels),
+            nn.ReLU(),
+            nn.Conv2d(mid_channels, out_channels, kernel_size=3, padding=1, bias=False),
+            nn.InstanceNorm2d(out_channels),
+            nn.ReLU(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the two convolutions."""
+        return self.conv(x)
+
+
+class DeconvBlock(nn.Module):
+    """The seed's narrowing block: two bias-free 3x3 stride-1 transposed convolutions with IN + ReLU."""
+
+    def __init__(self, in_channels: int, mid_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.deconv = nn.Sequential(
+            nn.ConvTranspose2d(in_channels, mid_channels, kernel_size=3, padding=1, bias=False),
+            nn.InstanceNorm2d(mid_channels),
+            nn.ReLU(),
+            nn.ConvTranspose2d(mid_channels, out_channels, kernel_size=3, padding=1, bias=False),
+            nn.InstanceNorm2d(out_channels),
+            nn.ReLU(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the two transposed convolutions."""
+        return self.deconv(x)
+
+
+def init_weights(module: nn.Module, std: float = 0.02) -> nn.Module:
+    """Initialise as the seed does: conv and linear weights ~ N(0, std), their biases zero.
+
+    Returns the module, changed in place.
+    """
+    for layer in module.modules():
+        if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(layer.weight, 0.0, std)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+    return module
+
+
+def _check_channels(in_channels: int, out_channels: int) -> None:
+    """Reject channel counts the global residual cannot add."""
+    if in_channels != out_channels:
+        raise CTDenoiseError(
+            f"generator in_channels ({in_channels}) and out_channels ({out_channels}) differ: "
+            "the global residual needs them equal"
+        )
+
+
+def _check_input(x: torch.Tensor, channels: int) -> None:
+    """Reject inputs that are not (B, channels, H>=4, W>=4)."""
+    if x.dim() != 4 or x.shape[1] != channels or min(x.shape[-2:]) < MIN_SIZE:
+        raise CTDenoiseError(
+            f"generator input has shape {tuple(x.shape)}: pass (batch, {channels}, H, W) "
+            f"with H and W at least {MIN_SIZE}"
+        )
+
+
+class SeedGenerator(nn.Module):
+    """The seed project's generator, layer for layer and with its state-dict key names.
+
+    Reflection pad 3 + 7x7 conv (ngf) + IN + ReLU; two 3x3 convs to 2ngf and 4ngf; residual blocks
+    at 4ngf; two 3x3 transposed convs back to ngf; reflection pad 3 + 7x7 conv + tanh; plus ``x``.
+    It never downsamples, so it is costly: about 1.03 TFLOP per 512x512 slice at the defaults.
+    """
+
+    def __init__(self, in_channels: int = 1, out_channels: int = 1, ngf: int = 32, n_res_blocks: int = 6) -> None:
+        super().__init__()
+        _check_channels(in_channels, out_channels)
+        self.in_channels = in_channels
+        self.first_layer = nn.Sequential(
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(in_channels, ngf, kernel_size=7),
+            nn.InstanceNorm2d(ngf),
+            nn.ReLU(inplace=True),
+        )
+        self.conv_block = ConvBlock(ngf, ngf * 2, ngf * 4)
+        self.res_layers = nn.Sequential(*[ResidualBlock(ngf * 4) for _ in range(n_res_blocks)])
+        self.deconv_block = DeconvBlock(ngf * 4, ngf * 2, ngf)
+        self.last_layer = nn.Sequential(
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(ngf, out_channels, kernel_size=7),
+            nn.Tanh(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``x + tanh(body(x))`` at the input's size."""
+        _check_input(x, self.in_channels)
+        h = self.first_layer(x)
+        h = self.conv_block(h)
+        h = self.res_layers(h)
+        h = self.deconv_block(h)
+        return self.last_layer(h) + x
+
+
+class FastGenerator(nn.Module):
+    """A ResNet generator in the style of Zhu et al.: stride-2 downsampling, residual blocks, upsampling.
+
+    Reflection pad 3 + 7x7 conv (ngf) + IN + ReLU; ``n_downsampling`` 3x3 stride-2 convs doubling the
+    width; residual blocks; as many 3x3 stride-2 transposed convs halving it; reflection pad 3 +
+    7x7 conv + tanh; plus ``x``. Convolutions followed by instance norm carry no bias (the norm
+    would cancel it). Inputs whose sides are not multiples of ``2 ** n_downsampling`` are
+    reflect-padded at the bottom and right inside ``forward`` and cropped back.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        ngf: int = 32,
+        n_res_blocks: int = 6,
+        n_downsampling: int = 2,
+    ) -> None:
+        super().__init__()
+        _check_channels(in_channels, out_channels)
+        self.in_channels = in_channels
+        self.multiple = 2**n_downsampling
+        self.head = nn.Sequential(
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(in_channels, ngf, kernel_size=7, bias=False),
+            nn.InstanceNorm2d(ngf),
+            nn.ReLU(inplace=True),
+        )
+        down: list[nn.Module] = []
+        for i in range(n_downsampling):
+            width = ngf * 2**i
+            down += [
+                nn.Conv2d(width, width * 2, kernel_size=3, stride=2, padding=1, bias=False),
+                nn.InstanceNorm2d(width * 2),
+                nn.ReLU(inplace=True),
+            ]
+        self.down = nn.Sequential(*down)
+        inner = ngf * self.multiple
+        self.res_layers = nn.Sequential(*[ResidualBlock(inner, bias=False) for _ in range(n_res_blocks)])
+        up: list[nn.Module] = []
+        for i in range(n_downsampling, 0, -1):
+            width = ngf * 2**i
+            up += [
+                nn.ConvTranspose2d(width, width // 2, kernel_size=3, stride=2, padding=1, output_padding=1, bias=False),
+                nn.InstanceNorm2d(width // 2),
+                nn.ReLU(inplace=True),
+            ]
+        self.up = nn.Sequential(*up)
+        self.tail = nn.Sequential(
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(ngf, out_channels, kernel_size=7),
+            nn.Tanh(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``x + tanh(body(x))`` at the input's size, whatever H and W (at least 4)."""
+        _check_input(x, self.in_channels)
+        height, width = x.shape[-2:]
+        pad_h, pad_w = -height % self.multiple, -width % self.multiple
+        h = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else x
+        h = self.tail(self.up(self.res_layers(self.down(self.head(h)))))
+        return h[..., :height, :width] + x
+
+
+GENERATOR_CLASSES: dict[str, type[nn.Module]] = {"seed": SeedGenerator, "fast": FastGenerator}
+
+GENERATOR_PRESETS: dict[str, dict[str, Any]] = {
+    "seed": {"in_channels": 1, "out_channels": 1, "ngf": 32, "n_res_blocks": 6},
+    "fast": {"in_channels": 1, "out_channels": 1, "ngf": 32, "n_res_blocks": 6, "n_downsampling": 2},
+}
+"""Default constructor arguments per preset; ``seed`` reproduces the seed project's generator."""
+
+
+def validate_kwargs(owner: str, cls: type[nn.Module], kwargs: dict[str, Any]) -> None:
+    """Raise a one-line error for an unknown constructor argument or a value that is not an integer >= its minimum."""
+    valid = [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise CTDenoiseError(f"unknown {owner} option(s) {unknown}: valid options are {valid}")
+    for name, value in kwargs.items():
+        minimum = 0 if name in ("n_res_blocks", "n_downsampling") else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise CTDenoiseError(f"{owner} option {name}={value!r} is invalid: pass an integer >= {minimum}")
+
+
+def build_generator(preset: str, **overrides: Any) -> nn.Module:
+    """Build a generator from a preset name plus keyword overrides.
+
+    The weights are initialised as in the seed (:func:`init_weights`).
+
+    Raises:
+        CTDenoiseError: unknown preset, unknown option or invalid option value.
+    """
+    if preset not in GENERATOR_PRESETS:
+        raise CTDenoiseError(f"unknown generator preset {preset!r}: choose one of {sorted(GENERATOR_PRESETS)}")
+    cls = GENERATOR_CLASSES[preset]
+    kwargs = {**GENERATOR_PRESETS[preset], **overrides}
+    validate_kwargs(f"'{preset}' generator", cls, kwargs)
+    return init_weights(cls(**kwargs))

@@ -1,0 +1,192 @@
+"""End to end on real CT: prepare + simulate + train on CPU + kill + resume (exactly) + export."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from ctdenoise.checkpoints import load_checkpoint, load_torch_safely
+from ctdenoise.cli import main
+from ctdenoise.errors import CTDenoiseError
+from ctdenoise.io import read_volume, write_volume
+from ctdenoise.training import load_config, train
+
+pytestmark = pytest.mark.slow
+
+TINY_MODEL = {"generator": "fast", "generator_args": {"ngf": 8, "n_res_blocks": 2}, "discriminator_args": {"ndf": 16}}
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    """Two 'patients' cut from the real abdomen series (256x256 centre crops), quarter dose simulated."""
+    root = tmp_path_factory.mktemp("e2e")
+    volume = read_volume(data_dir / "totalsegmentator" / "example_ct_dicom")
+    full = root / "full"
+    full.mkdir()
+    for name, slices in (("patientA", slice(0, 6)), ("patientB", slice(10, 14))):
+        part = volume.array[slices, 128:384, 128:384]
+        write_volume(type(volume)(part, volume.spacing, volume.origin, volume.direction), full / f"{name}.nii.gz")
+    cache = root / "cache"
+    assert main(["prepare", str(full), "--layout", "full", "--simulate-dose", "0.25", "--val-patients", "patientB", "--out", str(cache), "--quiet"]) == 0
+    return cache
+
+
+def _config(tmp_path: Path, cache: Path, **train: object) -> Path:
+    config = {
+        "data": {"cache": str(cache), "patch_size": 96, "batch_size": 2},
+        "model": TINY_MODEL,
+        "optim": {"schedule": "step", "step_size": 7, "gamma": 0.5},
+        "train": {
+            "max_steps": 30,
+            "seed": 3,
+            "image_pool": 4,
+            "log_every": 5,
+            "val_every": 10,
+            "val_slices": 2,
+            "checkpoint_every": 10,
+            "threads": 1,
+            **train,
+        },
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def test_train_kill_resume_is_exact_and_exports(tmp_path: Path, cache_dir: Path) -> None:
+    config_path = _config(tmp_path, cache_dir)
+    straight = tmp_path / "straight"
+    result = train(load_config(config_path), straight, progress=False)
+    assert result.step == 30 and result.model_path == straight / "model.safetensors"
+    assert {"denoised", "low_dose_input", "convention"} <= set(result.metrics)
+    assert result.metrics["convention"]["window_hu"] == [-160.0, 240.0]
+    assert len((straight / "metrics.jsonl").read_text().splitlines()) == 3  # steps 10, 20, 30
+    assert list((straight / "tb").glob("events.out.tfevents.*"))
+    assert sorted(p.name for p in (straight / "checkpoints").glob("*.pt"))[-1] == "step_0000030.pt"
+
+    # The same run as a separate process, killed hard after its first periodic checkpoint ...
+    killed = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "ctdenoise.cli", "train", "--config", str(config_path), "--out", str(killed), "--quiet"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first = killed / "checkpoints" / "step_0000010.pt"
+    deadline = time.monotonic() + 120
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    saved_step = load_torch_safely(killed / "last.pt")["step"]
+    assert 10 <= saved_step < 30
+    assert not (killed / "model.safetensors").exists()
+
+    # ... then resumed: the result is bit-identical to the uninterrupted run.
+    assert main(["train", "--config", str(config_path), "--out", str(killed), "--resume", "--quiet"]) == 0
+    a, b = _weights(straight / "model.safetensors"), _weights(killed / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    state_a = load_torch_safely(straight / "last.pt")
+    state_b = load_torch_safely(killed / "last.pt")
+    assert state_a["optimizers"]["G"]["state"][0]["exp_avg"].equal(state_b["optimizers"]["G"]["state"][0]["exp_avg"])
+    assert state_a["schedulers"]["G"] == state_b["schedulers"]["G"]
+    assert all(torch.equal(x, y) for x, y in zip(state_a["pool"]["F"]["images"], state_b["pool"]["F"]["images"]))
+
+    # export from the training state gives the same weights as the automatic export
+    exported = tmp_path / "exported.safetensors"
+    assert main(["export", str(killed), "--out", str(exported)]) == 0
+    c = _weights(exported)
+    assert all(torch.equal(a[k], c[k]) for k in a)
+    model = load_checkpoint(exported)
+    meta = model.metadata
+    assert meta["training"]["steps"] == 30 and meta["patch_size"] == 96
+    assert meta["training"]["data"]  # the cache summary travels with the model
+    assert meta["metrics"]["denoised"]["psnr"] > 0
+    assert meta["generator"]["args"]["ngf"] == 8
+
+
+def test_training_changes_weights_and_lr_follows_schedule(tmp_path: Path, cache_dir: Path) -> None:
+    config = load_config(_config(tmp_path, cache_dir, max_steps=8, val_every=0, checkpoint_every=100, image_pool=0))
+    from ctdenoise.training import Trainer
+
+    trainer = Trainer(config, tmp_path / "run")
+    before = {k: v.clone() for k, v in trainer.g_q2f.state_dict().items()}
+    full, low = trainer.sampler.batch(0)
+    x_f = trainer.normalization.normalize(torch.from_numpy(full))
+    x_q = trainer.normalization.normalize(torch.from_numpy(low))
+    for _ in range(8):
+        losses = trainer.train_step(x_f, x_q)
+        trainer.step += 1
+    assert set(losses) >= {"total", "loss_D_F", "loss_D_Q"}
+    assert all(np.isfinite(v) for v in losses.values())
+    after = trainer.g_q2f.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert trainer.opt_g.param_groups[0]["lr"] == pytest.approx(2e-4 * 0.5)  # StepLR(7, 0.5) after 8 steps
+    assert trainer.opt_d.param_groups[0]["lr"] == pytest.approx(2e-4)  # the seed decays generators only
+
+
+def test_existing_run_needs_resume_and_resume_needs_a_run(tmp_path: Path, cache_dir: Path) -> None:
+    config_path = _config(tmp_path, cache_dir, max_steps=2, val_every=0)
+    out = tmp_path / "run"
+    with pytest.raises(CTDenoiseError, match="--resume given but"):
+        train(load_config(config_path), out, resume=True, progress=False)
+    train(load_config(config_path), out, progress=False)
+    with pytest.raises(CTDenoiseError, match="already holds a run"):
+        train(load_config(config_path), out, progress=False)
+    changed = yaml.safe_load(config_path.read_text())
+    changed["model"]["generator_args"]["ngf"] = 16
+    config_path.write_text(yaml.safe_dump(changed))
+    with pytest.raises(CTDenoiseError, match="'model' section differs"):
+        train(load_config(config_path), out, resume=True, progress=False)
+
+
+def test_sigterm_stops_cleanly_and_the_run_resumes(tmp_path: Path, cache_dir: Path) -> None:
+    config_path = _config(tmp_path, cache_dir, max_steps=100000, val_every=0, checkpoint_every=1000)
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ctdenoise.cli", "train", "--config", str(config_path), "--out", str(out), "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not (out / "tb").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert "continue with --resume" in stdout
+    state = load_torch_safely(out / "last.pt")
+    assert state["step"] > 0
+    assert main(["train", "--config", str(config_path), "--out", str(out), "--resume", "--max-steps", str(state["step"] + 2), "--quiet"]) == 0
+    assert load_torch_safely(out / "last.pt")["step"] == state["step"] + 2
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  max_stepz: 3\n")
+    assert main(["train", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown config key train.max_stepz") and err.count("\n") == 1
+    assert main(["train", "--print-config"]) == 0
+    assert "lambda_cycle: 10.0" in capsys.readouterr().out
+    missing_cache = tmp_path / "nocache.yaml"
+    missing_cache.write_text(json.dumps({"data": {"cache": "does-not-exist"}}))
+    assert main(["train", "--config", str(missing_cache), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
