@@ -325,6 +325,14 @@ class Trainer:
             "loss_D_Q": loss_d_q.item(),
         }
 
+    def check_replicas_in_sync(self) -> None:
+        """Under torchrun: verify every process holds the same weights (gradients were averaged)."""
+        checksum = torch.stack([p.detach().double().sum() for net in self.networks.values() for p in net.parameters()]).sum()
+        gathered = [torch.zeros_like(checksum) for _ in range(self.dist.world_size)]
+        torch.distributed.all_gather(gathered, checksum)
+        if any(not torch.equal(g, gathered[0]) for g in gathered):
+            raise RuntimeError(f"distributed replicas diverged: weight checksums {[g.item() for g in gathered]}")
+
     # ------------------------------------------------------------ validation
     def validate(self) -> dict[str, Any]:
         """PSNR/SSIM/RMSE of G_Q2F(low) and of the low-dose input against the paired full dose."""
@@ -468,7 +476,7 @@ def train(
             model_path = trainer.export()
         writer.close()
     if trainer.dist.world_size > 1:
-        torch.distributed.barrier()
+        trainer.check_replicas_in_sync()
     return TrainResult(out_dir, trainer.step, model_path, trainer.metrics, time.perf_counter() - start)
 
 

@@ -1,0 +1,422 @@
+"""Tests of the whole-volume denoising engine on real CT slices with tiny "fast" generators."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+
+from ctdenoise import inference
+from ctdenoise.checkpoints import ModelCheckpoint, build_metadata, export_model, load_checkpoint
+from ctdenoise.errors import CTDenoiseError
+from ctdenoise.inference import (
+    DenoiseCancelled,
+    ProgressInfo,
+    bundled_model_path,
+    denoise_array,
+    denoise_file,
+    denoise_volume,
+    select_device,
+)
+from ctdenoise.io import read_volume
+from ctdenoise.networks import build_generator
+from ctdenoise.normalization import HUNormalization
+
+DATA = Path(__file__).resolve().parents[2] / "data"
+DICOM_SERIES = DATA / "totalsegmentator" / "example_ct_dicom"
+GENERATOR_ARGS = {"ngf": 8, "n_res_blocks": 1}
+CONSTANT_CHANGE = 0.05
+"""Bias of the last conv in the constant-change model: every voxel moves by tanh(0.05) * scale."""
+
+
+def _export(tmp: Path, name: str, edit: Callable[[torch.nn.Module], None] | None = None) -> Path:
+    """Export a freshly initialised tiny fast generator (optionally edited) as a safetensors model."""
+    torch.manual_seed(0)
+    generator = build_generator("fast", **GENERATOR_ARGS)
+    if edit is not None:
+        edit(generator)
+    metadata = build_metadata(
+        preset="fast", generator_args=GENERATOR_ARGS, normalization=HUNormalization(), patch_size=32
+    )
+    return export_model({"G_Q2F": generator.state_dict()}, metadata, tmp / f"{name}.safetensors")
+
+
+def _set_last_conv(weight: float, bias: float) -> Callable[[torch.nn.Module], None]:
+    """An edit that makes the last convolution constant, so the network's change is uniform."""
+
+    def edit(generator: torch.nn.Module) -> None:
+        last = generator.tail[1]
+        torch.nn.init.constant_(last.weight, weight)
+        torch.nn.init.constant_(last.bias, bias)
+
+    return edit
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Paths of three models: random init, zero change, constant change."""
+    tmp = tmp_path_factory.mktemp("models")
+    return {
+        "random": _export(tmp, "random"),
+        "zero": _export(tmp, "zero", _set_last_conv(0.0, 0.0)),
+        "constant": _export(tmp, "constant", _set_last_conv(0.0, CONSTANT_CHANGE)),
+    }
+
+
+@pytest.fixture(scope="module")
+def random_model(models: dict[str, Path]) -> ModelCheckpoint:
+    return load_checkpoint(models["random"])
+
+
+@pytest.fixture(scope="module")
+def ct_int16() -> np.ndarray:
+    """6 real abdominal slices, 4x downsampled to 128x128, int16, with -3024 padding in the corners."""
+    array = read_volume(DICOM_SERIES).array[7:13, ::4, ::4]
+    yy, xx = np.mgrid[:128, :128] - 63.5
+    array[:, np.hypot(yy, xx) > 66] = -3024
+    return np.rint(array).astype(np.int16)
+
+
+@pytest.fixture(scope="module")
+def dicom_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with 4 consecutive files of the real DICOM series (keeps the file tests fast)."""
+    folder = tmp_path_factory.mktemp("series")
+    for source in sorted(DICOM_SERIES.iterdir(), key=lambda p: read_volume(p).origin[2])[8:12]:
+        shutil.copy(source, folder / source.name)
+    return folder
+
+
+# ------------------------------------------------------------------------------ values and dtypes
+
+
+def test_strength_zero_returns_the_input_bit_identical(random_model: ModelCheckpoint, ct_int16: np.ndarray) -> None:
+    for hu in (ct_int16, ct_int16.astype(np.float64) + 0.25):
+        out = denoise_array(hu, random_model, strength=0.0)
+        assert out.dtype == hu.dtype and out is not hu
+        assert out.tobytes() == hu.tobytes()
+
+
+def test_int16_input_gives_int16_within_range_and_shape(models: dict[str, Path], ct_int16: np.ndarray) -> None:
+    hu = ct_int16.copy()
+    hu[:, 60:64, 60:64] = np.iinfo(np.int16).max  # metal at the top of the int16 range
+    out = denoise_array(hu, load_checkpoint(models["constant"]))
+    change = round(np.tanh(CONSTANT_CHANGE) * HUNormalization().scale)
+    assert out.dtype == np.int16 and out.shape == hu.shape
+    assert (out[:, 60:64, 60:64] == np.iinfo(np.int16).max).all()  # clipped, not wrapped around
+    np.testing.assert_array_equal(out[:, 30:34, 60:64], hu[:, 30:34, 60:64] + change)
+
+
+def test_big_endian_integers_come_back_native(models: dict[str, Path], ct_int16: np.ndarray) -> None:
+    out = denoise_array(ct_int16[:1].astype(">i2"), load_checkpoint(models["zero"]))
+    assert out.dtype == np.int16 and out.dtype.isnative
+    np.testing.assert_array_equal(out, ct_int16[:1])
+
+
+def test_float_input_gives_float32_and_a_single_slice_works(random_model: ModelCheckpoint, ct_int16: np.ndarray) -> None:
+    volume = denoise_array(ct_int16.astype(np.float64), random_model)
+    one = denoise_array(ct_int16[2].astype(np.float64), random_model)
+    assert volume.dtype == one.dtype == np.float32 and one.shape == (128, 128)
+    np.testing.assert_allclose(one, volume[2], atol=1e-2)
+    assert np.abs(volume - ct_int16).max() > 10  # the random network does change the image
+
+
+def test_voxels_outside_the_normalisation_range_keep_their_hu(models: dict[str, Path], ct_int16: np.ndarray) -> None:
+    hu = ct_int16.copy()
+    hu[:, 60:62, 60:62] = 5000  # above hu_max (3071)
+    assert (hu == -3024).any()
+    for dtype in (np.int16, np.float32):
+        out = denoise_array(hu.astype(dtype), load_checkpoint(models["zero"]))
+        np.testing.assert_array_equal(out, hu.astype(dtype))
+    # a uniform change is added to the voxel's own HU, not to the clip bound (-1024 / 3071)
+    out = denoise_array(hu.astype(np.float32), load_checkpoint(models["constant"]))
+    change = np.float32(np.tanh(CONSTANT_CHANGE) * HUNormalization().scale)
+    np.testing.assert_allclose(out[hu == -3024], -3024 + change, atol=1e-3)
+    np.testing.assert_allclose(out[hu == 5000], 5000 + change, atol=1e-3)
+
+
+def test_strength_scales_the_change(random_model: ModelCheckpoint, ct_int16: np.ndarray) -> None:
+    hu = ct_int16[:2].astype(np.float32)
+    full = denoise_array(hu, random_model)
+    half = denoise_array(hu, random_model, strength=0.5)
+    np.testing.assert_allclose(half - hu, 0.5 * (full - hu), atol=1e-2)
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(CTDenoiseError, match="strength"):
+            denoise_array(hu, random_model, strength=bad)
+
+
+def test_invalid_options_and_arrays_are_refused(random_model: ModelCheckpoint, ct_int16: np.ndarray) -> None:
+    cases = [
+        (ct_int16, {"batch_size": 0}, "batch size"),
+        (ct_int16, {"max_slice_pixels": -5}, "max_slice_pixels"),
+        (ct_int16, {"strength": True}, "strength"),
+        (ct_int16[0, 0], {}, "shape"),
+        (ct_int16 > 0, {}, "type bool"),
+    ]
+    for hu, options, message in cases:
+        with pytest.raises(CTDenoiseError, match=message):
+            denoise_array(hu, random_model, **options)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_input_is_refused(random_model: ModelCheckpoint, ct_int16: np.ndarray, bad: float) -> None:
+    hu = ct_int16.astype(np.float32)
+    hu[3, 5, 5] = bad
+    with pytest.raises(CTDenoiseError, match="NaN or infinite"):
+        denoise_array(hu, random_model)
+
+
+# ------------------------------------------------------------------- batching, memory and tiling
+
+
+def _record_calls(monkeypatch: pytest.MonkeyPatch, fail: Callable[[torch.Tensor], bool]) -> list[tuple[int, ...]]:
+    """Route model calls through a recorder that raises CUDA out-of-memory when ``fail(x)``."""
+    calls: list[tuple[int, ...]] = []
+    real = inference._forward
+
+    def forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        calls.append(tuple(x.shape))
+        if fail(x):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        return real(model, x)
+
+    monkeypatch.setattr(inference, "_forward", forward)
+    return calls
+
+
+def test_batch_size_does_not_change_the_result(random_model: ModelCheckpoint, ct_int16: np.ndarray) -> None:
+    hu = ct_int16.astype(np.float32)
+    one = denoise_array(hu, random_model, batch_size=1)
+    four = denoise_array(hu, random_model, batch_size=4)
+    np.testing.assert_allclose(four, one, atol=1e-4 * random_model.normalization.scale)
+
+
+def test_out_of_memory_halves_the_batch_and_retries_the_same_slices(
+    random_model: ModelCheckpoint, ct_int16: np.ndarray, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    hu = ct_int16.astype(np.float32)
+    expected = denoise_array(hu, random_model, batch_size=1)
+    calls = _record_calls(monkeypatch, lambda x: x.shape[0] > 1)
+    infos: list[ProgressInfo] = []
+    with caplog.at_level(logging.WARNING, logger="ctdenoise.inference"):
+        out = denoise_array(hu, random_model, batch_size=4, progress=infos.append)
+    assert [shape[0] for shape in calls] == [4, 2, 1, 1, 1, 1, 1, 1]
+    assert [info.slices_done for info in infos] == [1, 2, 3, 4, 5, 6] and infos[-1].batch_size == 1
+    assert "retrying with batch size 2" in caplog.text and "retrying with batch size 1" in caplog.text
+    np.testing.assert_allclose(out, expected, atol=1e-3)
+
+
+def test_out_of_memory_for_one_slice_falls_back_to_tiles(
+    models: dict[str, Path], ct_int16: np.ndarray, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    checkpoint = load_checkpoint(models["constant"])
+    hu = ct_int16[:3].astype(np.float32)
+    expected = denoise_array(hu, checkpoint)
+    calls = _record_calls(monkeypatch, lambda x: x.shape[-1] == 128)  # whole slices never fit
+    with caplog.at_level(logging.WARNING, logger="ctdenoise.inference"):
+        out = denoise_array(hu, checkpoint, batch_size=2)
+    tiles = [shape for shape in calls if shape[-1] < 128]
+    assert calls[:2] == [(2, 1, 128, 128), (1, 1, 128, 128)] and tiles == calls[2:]
+    assert {shape[-2:] for shape in tiles} == {(64, 64)}  # twice the patch size of 32
+    assert "switching to 64-pixel tiles" in caplog.text
+    np.testing.assert_allclose(out, expected, atol=1e-3)  # Gaussian blending of a uniform change is exact
+
+
+def test_errors_other_than_out_of_memory_propagate(
+    random_model: ModelCheckpoint, ct_int16: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("cuDNN error: CUDNN_STATUS_INTERNAL_ERROR")
+
+    monkeypatch.setattr(inference, "_forward", forward)
+    with pytest.raises(RuntimeError, match="CUDNN_STATUS_INTERNAL_ERROR"):
+        denoise_array(ct_int16, random_model, batch_size=4)
+
+
+def test_large_slices_are_tiled(
+    models: dict[str, Path], random_model: ModelCheckpoint, ct_int16: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hu = ct_int16[:2].astype(np.float32)
+    constant = load_checkpoint(models["constant"])
+    expected = denoise_array(hu, constant)
+    calls = _record_calls(monkeypatch, lambda x: False)
+    tiled = denoise_array(hu, constant, max_slice_pixels=48 * 48)
+    assert calls and {shape[-2:] for shape in calls} == {(48, 48)}
+    np.testing.assert_allclose(tiled, expected, atol=1e-3)
+    identity = denoise_array(hu, load_checkpoint(models["zero"]), max_slice_pixels=48 * 48)
+    np.testing.assert_array_equal(identity, hu)
+    changed = denoise_array(hu, random_model, max_slice_pixels=48 * 48)
+    assert changed.shape == hu.shape and np.isfinite(changed).all() and not np.array_equal(changed, hu)
+
+
+# ----------------------------------------------------------------------- progress and cancelling
+
+
+def test_progress_is_monotonic_and_ends_at_one(random_model: ModelCheckpoint, ct_int16: np.ndarray) -> None:
+    infos: list[ProgressInfo] = []
+    denoise_array(ct_int16, random_model, batch_size=4, progress=infos.append)
+    assert [info.slices_done for info in infos] == [4, 6]
+    fractions = [info.fraction for info in infos]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and infos[-1].eta_s == 0.0
+    assert all(info.elapsed_s > 0 and info.device == "cpu" for info in infos)
+    record = json.loads(infos[0].to_json())
+    assert record["slices_done"] == 4 and record["slices_total"] == 6 and record["device"] == "cpu"
+    assert "\n" not in infos[0].to_json()
+
+
+def test_cancel_after_the_first_batch_raises(random_model: ModelCheckpoint, ct_int16: np.ndarray) -> None:
+    infos: list[ProgressInfo] = []
+    with pytest.raises(DenoiseCancelled):
+        denoise_array(ct_int16, random_model, batch_size=2, progress=infos.append, cancel=lambda: bool(infos))
+    assert len(infos) == 1
+
+
+# ---------------------------------------------------------------------------------- devices
+
+
+def test_select_device() -> None:
+    assert select_device("cpu") == torch.device("cpu")
+    assert select_device(None).type in ("cuda", "mps", "cpu")
+    with pytest.raises(CTDenoiseError, match="unknown device"):
+        select_device("tpu0")
+    if not torch.cuda.is_available():
+        for name in ("cuda", "cuda:1"):
+            with pytest.raises(CTDenoiseError, match="--device cpu"):
+                select_device(name)
+        assert select_device("auto").type in ("mps", "cpu")
+
+
+# ------------------------------------------------------------------------------ volumes and files
+
+
+def test_denoise_volume_keeps_geometry_and_records_the_model(models: dict[str, Path]) -> None:
+    volume = read_volume(DATA / "tcga_lung_ctmi" / sorted(os.listdir(DATA / "tcga_lung_ctmi"))[0])
+    checkpoint = load_checkpoint(models["random"])
+    out = denoise_volume(volume, checkpoint, strength=0.75)
+    assert out.shape == volume.shape and out.array.dtype == np.float32
+    assert (out.spacing, out.origin, out.direction) == (volume.spacing, volume.origin, volume.direction)
+    assert out.metadata["strength"] == 0.75 and out.metadata["denoised_with"]["preset"] == "fast"
+    assert out.metadata["denoised_with"]["file"] == "random.safetensors"
+    assert out.metadata["modality"] == volume.metadata["modality"]
+
+
+def test_denoise_file_writes_output_and_noise(models: dict[str, Path], dicom_subset: Path, tmp_path: Path) -> None:
+    infos: list[ProgressInfo] = []
+    summary = denoise_file(
+        dicom_subset, tmp_path / "den.nii.gz", models["random"], noise_out=tmp_path / "noise.nrrd", progress=infos.append
+    )
+    source = read_volume(dicom_subset)
+    out = read_volume(tmp_path / "den.nii.gz")
+    noise = read_volume(tmp_path / "noise.nrrd")
+    assert summary["slices"] == 4 and summary["device"] == "cpu" and summary["seconds"] > 0
+    assert summary["output"] == str(tmp_path / "den.nii.gz") and summary["noise_output"] == str(tmp_path / "noise.nrrd")
+    assert out.shape == source.shape and np.allclose(out.spacing, source.spacing) and np.allclose(out.origin, source.origin)
+    np.testing.assert_allclose(noise.array, source.array - out.array, atol=1.0)  # both stored as whole HU
+    assert np.abs(noise.array).max() > 10
+    assert infos[-1].fraction == 1.0
+
+
+def test_denoise_file_dicom_output_names_the_model(models: dict[str, Path], dicom_subset: Path, tmp_path: Path) -> None:
+    import pydicom
+
+    denoise_file(dicom_subset, tmp_path / "den", models["zero"], strength=0.5)
+    files = sorted((tmp_path / "den").iterdir())
+    assert len(files) == 4
+    header = pydicom.dcmread(files[0], stop_before_pixels=True)
+    assert header.SeriesDescription == "CT Body 3.0 denoised (ctdenoise fast, strength 0.5)"
+    np.testing.assert_array_equal(read_volume(tmp_path / "den").array, read_volume(dicom_subset).array)
+
+
+def test_denoise_file_cancelled_leaves_nothing(models: dict[str, Path], dicom_subset: Path, tmp_path: Path) -> None:
+    infos: list[ProgressInfo] = []
+    with pytest.raises(DenoiseCancelled):
+        denoise_file(
+            dicom_subset,
+            tmp_path / "den.nii.gz",
+            models["random"],
+            noise_out=tmp_path / "noise.nii.gz",
+            batch_size=2,
+            progress=infos.append,
+            cancel=lambda: bool(infos),
+        )
+    assert len(infos) == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_failed_output_write_removes_the_noise_output(
+    models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = inference.write_volume
+    written: list[Path] = []
+
+    def write_volume(volume, path, **kwargs):  # type: ignore[no-untyped-def]
+        if Path(path).name == "den.nii.gz":
+            assert sorted(p.name for p in tmp_path.iterdir()) == ["noise.mhd", "noise.zraw"]
+            raise CTDenoiseError("disk full (simulated)")
+        written.append(real(volume, path, **kwargs))
+        return written[-1]
+
+    monkeypatch.setattr(inference, "write_volume", write_volume)
+    source = DATA / "tcga_lung_ctmi" / sorted(os.listdir(DATA / "tcga_lung_ctmi"))[0]
+    with pytest.raises(CTDenoiseError, match="disk full"):
+        denoise_file(source, tmp_path / "den.nii.gz", models["random"], noise_out=tmp_path / "noise.mhd")
+    assert len(written) == 1 and list(tmp_path.iterdir()) == []
+
+
+class _RunsCode:
+    """Pickles to a call of os.system: loading it with full unpickling would run a command."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_checkpoint_is_refused_without_running_code(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    with evil.open("wb") as handle:
+        pickle.dump({"G_Q2F_state_dict": _RunsCode(marker)}, handle, protocol=2)
+    torch.save({"G_Q2F_state_dict": _RunsCode(marker), "epoch": 1}, tmp_path / "evil2.pt")
+    for path in (evil, tmp_path / "evil2.pt"):
+        with pytest.raises(CTDenoiseError):
+            denoise_file(DICOM_SERIES, tmp_path / "out.nii.gz", path)
+    assert not marker.exists() and not (tmp_path / "out.nii.gz").exists()
+
+
+def test_denoise_file_refuses_bad_paths_before_computing(
+    models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _record_calls(monkeypatch, lambda x: False)
+    nifti = tmp_path / "ct.nii.gz"
+    denoise_file(DATA / "tcga_lung_ctmi" / sorted(os.listdir(DATA / "tcga_lung_ctmi"))[0], nifti, models["zero"])
+    calls.clear()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "old.dcm").write_bytes(b"x")
+    refused = {
+        "same as the input": (nifti, None),
+        "noise output is the input": (tmp_path / "b.nii.gz", nifti),
+        "noise output is the output": (tmp_path / "b.nii.gz", tmp_path / "b.nii.gz"),
+        "unsupported extension": (tmp_path / "b.txt", None),
+        "non-empty DICOM folder": (tmp_path / "full", None),
+    }
+    for case, (output, noise) in refused.items():
+        with pytest.raises(CTDenoiseError):
+            denoise_file(nifti, output, models["zero"], noise_out=noise)
+        assert calls == [], case
+    with pytest.raises(CTDenoiseError, match="does not exist"):
+        denoise_file(nifti, tmp_path / "c.nii.gz", tmp_path / "missing.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz", "full"]
+
+
+def test_bundled_model_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(inference, "BUNDLED_MODEL_NAME", "no_such_model.safetensors")
+    with pytest.raises(CTDenoiseError, match="no bundled model found at .*no_such_model.safetensors: pass --checkpoint"):
+        bundled_model_path()
