@@ -11,7 +11,11 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ct="$root/.venv/bin/ctdenoise"
 ref="$root/data/totalsegmentator/example_ct_dicom"
 out="${DEMO_OUT:-$root/demo_out}"
-rm -rf "$out" && mkdir -p "$out"
+if [ -e "$out" ] && [ ! -f "$out/.ctdenoise-demo" ]; then
+  echo "error: $out exists and was not made by this demo: remove it or set DEMO_OUT to a new folder" >&2
+  exit 2
+fi
+rm -rf "$out" && mkdir -p "$out" && touch "$out/.ctdenoise-demo"
 start=$(date +%s)
 run() { echo "+ ctdenoise $*" | sed "s#$root/##g"; "$ct" "$@"; }
 

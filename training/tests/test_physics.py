@@ -303,15 +303,34 @@ def test_simulate_volume_keeps_geometry_and_records_parameters() -> None:
 def test_real_abdomen_slice_reaches_the_calibrated_noise() -> None:
     hu, pixel_mm = _middle_abdomen_slice()
     assert hu.shape == (512, 512)
-    out = simulate_low_dose(hu, pixel_mm, 0.25, seed=5)
+    report: dict = {}
+    out = simulate_low_dose(hu, pixel_mm, 0.25, seed=5, report=report)
     assert out.shape == hu.shape and out.dtype == np.float32
     added = (out - hu)[LIVER]
     own_noise = hu[LIVER].std()
-    # Calibration (see ctdenoise.physics.lowdose): about sqrt(3) x 30 HU added at quarter dose.
-    assert 40.0 < added.std() < 65.0
-    assert added.std() > 3.0 * own_noise
+    # Matched calibration: quarter dose adds sqrt(1/0.25 - 1) = 1.73 x the image's own noise,
+    # so the total is about twice the full-dose noise (Mayo: 39 -> 71-76 HU).
+    assert report["calibration"] == "matched"
+    assert 0.8 * own_noise < report["full_dose_noise_hu"] < 1.25 * own_noise
+    assert 1.3 * own_noise < added.std() < 2.3 * own_noise
+    assert 1.6 < out[LIVER].std() / own_noise < 2.6
     assert abs(added.mean()) < 0.15 * added.std()
     assert out.min() >= lowdose.PADDING_HU
+    # A fixed full-dose I0 of 5e5 photons per ray adds far more on this 3 mm smooth-kernel scan.
+    fixed = simulate_low_dose(hu, pixel_mm, 0.25, seed=5, photons=5e5)
+    assert (fixed - hu)[LIVER].std() > 3.0 * own_noise
+
+
+def test_noise_estimate_on_known_gaussian_noise_and_noise_free_fallback() -> None:
+    rng = np.random.default_rng(0)
+    flat = np.full((2, 128, 128), 50.0, dtype=np.float32)
+    noisy = flat + rng.normal(0.0, 20.0, flat.shape).astype(np.float32)
+    estimate = lowdose.estimate_noise_std(noisy)
+    assert estimate is not None and 16.0 < estimate < 21.0
+    assert lowdose.estimate_noise_std(np.full((64, 64), -1000.0, dtype=np.float32)) is None  # no soft tissue
+    report: dict = {}
+    simulate_low_dose(flat[0], 1.0, 0.25, seed=0, report=report)  # noise-free phantom: default I0
+    assert report["calibration"] == "default" and report["photons"] == lowdose.DEFAULT_PHOTONS
 
 
 def test_padding_outside_the_scan_field_is_left_alone() -> None:

@@ -106,6 +106,9 @@ def test_train_kill_resume_is_exact_and_exports(tmp_path: Path, cache_dir: Path)
     assert state_a["schedulers"]["G"] == state_b["schedulers"]["G"]
     assert all(torch.equal(x, y) for x, y in zip(state_a["pool"]["F"]["images"], state_b["pool"]["F"]["images"]))
 
+    steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [10, 20, 30]  # validations after the resumed state were dropped, not duplicated
+
     # export from the training state gives the same weights as the automatic export
     exported = tmp_path / "exported.safetensors"
     assert main(["export", str(killed), "--out", str(exported)]) == 0
@@ -117,6 +120,15 @@ def test_train_kill_resume_is_exact_and_exports(tmp_path: Path, cache_dir: Path)
     assert meta["training"]["data"]  # the cache summary travels with the model
     assert meta["metrics"]["denoised"]["psnr"] > 0
     assert meta["generator"]["args"]["ngf"] == 8
+    assert meta["training"]["config"]["data"]["cache"] == cache_dir.name  # no local paths in shared models
+    assert str(cache_dir.parent) not in json.dumps(meta)
+    assert (exported.stat().st_mode & 0o777) == 0o666 & ~_umask()  # not the owner-only mode of temp files
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_training_changes_weights_and_lr_follows_schedule(tmp_path: Path, cache_dir: Path) -> None:
@@ -148,9 +160,14 @@ def test_existing_run_needs_resume_and_resume_needs_a_run(tmp_path: Path, cache_
     with pytest.raises(CTDenoiseError, match="already holds a run"):
         train(load_config(config_path), out, progress=False)
     changed = yaml.safe_load(config_path.read_text())
+    changed["optim"]["lr"] = 1e-3
+    config_path.write_text(yaml.safe_dump(changed))
+    with pytest.raises(CTDenoiseError, match="config key optim.lr differs"):
+        train(load_config(config_path), out, resume=True, progress=False)
+    changed["optim"]["lr"] = 2e-4
     changed["model"]["generator_args"]["ngf"] = 16
     config_path.write_text(yaml.safe_dump(changed))
-    with pytest.raises(CTDenoiseError, match="'model' section differs"):
+    with pytest.raises(CTDenoiseError, match="config key model.generator_args differs"):
         train(load_config(config_path), out, resume=True, progress=False)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 
 from ctdenoise.errors import CTDenoiseError
+from ctdenoise.fileutils import atomic_write
 from ctdenoise.normalization import HUNormalization
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -60,26 +60,9 @@ class ModelCheckpoint:
         return str(self.metadata["generator"]["preset"])
 
 
-def atomic_write_bytes(path: Path, write: "Any") -> None:
-    """Write a file atomically: ``write(tmp_path)`` fills a temporary sibling, then it is renamed.
-
-    A crash or cancellation leaves either the old file or nothing, never a partial file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_torch_atomic(obj: Any, path: PathLike) -> None:
     """``torch.save`` to ``path`` atomically."""
-    atomic_write_bytes(Path(path), lambda tmp: torch.save(obj, tmp))
+    atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
 
 
 def load_torch_safely(path: PathLike) -> Any:
@@ -156,7 +139,7 @@ def export_model(
         for key, value in state.items()
     }
     text = {METADATA_KEY: json.dumps(dict(metadata), sort_keys=True)}
-    atomic_write_bytes(path, lambda tmp: save_file(tensors, str(tmp), metadata=text))
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=text))
     return path
 
 
@@ -174,7 +157,13 @@ def read_model_metadata(path: PathLike) -> dict[str, Any]:
         raise CTDenoiseError(
             f"{path} has no ctdenoise metadata: export models with 'ctdenoise export' or 'ctdenoise convert-seed'"
         )
-    metadata = json.loads(raw)
+    try:
+        metadata = json.loads(raw)
+    except json.JSONDecodeError:
+        raise CTDenoiseError(f"{path} has damaged ctdenoise metadata (not JSON): re-export the model") from None
+    missing = [key for key in ("generator", "normalization") if not isinstance(metadata.get(key), dict)]
+    if missing:
+        raise CTDenoiseError(f"{path} metadata lacks {', '.join(missing)}: re-export the model with 'ctdenoise export'")
     if metadata.get("format") != MODEL_FORMAT or int(metadata.get("format_version", 0)) > MODEL_FORMAT_VERSION:
         raise CTDenoiseError(
             f"{path} has model format {metadata.get('format')} v{metadata.get('format_version')}; "

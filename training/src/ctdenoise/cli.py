@@ -8,12 +8,14 @@ unless ``CTDENOISE_DEBUG=1`` is set.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, NoReturn, Optional, Sequence
 
 from ctdenoise import __version__
 from ctdenoise.errors import CTDenoiseError
@@ -86,9 +88,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
         def progress(done: int, total: int, message: str) -> None:
             bar.total = total
-            bar.n = done
-            bar.set_postfix_str(message[-40:])
-            bar.refresh()
+            bar.set_postfix_str(message[-40:], refresh=False)
+            bar.update(done - bar.n)
 
         index = prepare_cache(
             records,
@@ -156,43 +157,115 @@ def _cmd_convert_seed(args: argparse.Namespace) -> int:
 
 
 def _cmd_denoise(args: argparse.Namespace) -> int:
-    from ctdenoise.inference import bundled_model_path, denoise_file
+    from ctdenoise.inference import DenoiseCancelled, bundled_model_path, denoise_file
 
     checkpoint = args.checkpoint if args.checkpoint is not None else bundled_model_path()
     stop = _StopFlag()
     report = _progress_printer(args.progress)
-    with stop:
-        summary = denoise_file(
-            args.input,
-            args.output,
-            checkpoint,
-            noise_out=args.noise_out,
-            device=args.device,
-            batch_size=args.batch_size,
-            strength=args.strength,
-            progress=report,
-            cancel=stop,
-        )
+    try:
+        with stop:
+            summary = denoise_file(
+                args.input,
+                args.output,
+                checkpoint,
+                noise_out=args.noise_out,
+                device=args.device,
+                batch_size=args.batch_size,
+                strength=args.strength,
+                progress=report,
+                cancel=stop,
+            )
+    except DenoiseCancelled as exc:  # a CTDenoiseError, but a stop request exits like an interrupt
+        print(f"error: {exc}", file=sys.stderr)
+        return 130
     if args.progress == "json":
-        print(json.dumps({"event": "done", **{k: str(v) if isinstance(v, Path) else v for k, v in summary.items()}}, default=str), flush=True)
+        print(json.dumps({"event": "done", **summary}, default=str), flush=True)
     else:
         print(f"wrote {summary.get('output', args.output)}")
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from ctdenoise.evaluation import REFERENCE_NAME, compare_volumes, comparison_figure, metrics_markdown, parse_roi
+    from ctdenoise.io import read_volume
+
+    names = _candidate_names(args.names, args.candidates)
+    for output in filter(None, (args.json, args.markdown, args.png)):
+        for source in (args.reference, *args.candidates):
+            _refuse_same_path(source, output)
+    roi = parse_roi(args.roi) if args.roi else None
+    reference = read_volume(args.reference).array
+    index = reference.shape[0] // 2 if args.slice is None else args.slice
+    if args.png and not 0 <= index < reference.shape[0]:
+        raise CTDenoiseError(f"--slice {index} is outside the reference's slices 0..{reference.shape[0] - 1}: choose one inside")
+    volumes = {name: read_volume(path).array for name, path in zip(names, args.candidates)}
+    result = compare_volumes(reference, volumes, window=args.window, roi=roi)
+    table = metrics_markdown(result)
+    print(table, end="")
+    if args.json or args.markdown:
+        from ctdenoise.fileutils import atomic_write
+
+        if args.json:
+            text = json.dumps(_json_safe(result), indent=2, allow_nan=False) + "\n"
+            atomic_write(Path(args.json), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        if args.markdown:
+            atomic_write(Path(args.markdown), lambda tmp: tmp.write_text(table, encoding="utf-8"))
+    if args.png:
+        panels = {REFERENCE_NAME: reference[index], **{n: v[index] for n, v in volumes.items()}}
+        difference = None
+        if len(volumes) >= 2:
+            first, last = names[0], names[-1]
+            difference = (f"{first} - {last}", volumes[first][index] - volumes[last][index])
+        comparison_figure(
+            panels,
+            Path(args.png),
+            window=args.window,
+            difference=difference,
+            roi_yx=roi[1:] if roi and roi[0].start <= index < roi[0].stop else None,
+            title=f"slice {index}",
+        )
+        print(f"wrote {args.png}")
+    return 0
+
+
+def _candidate_names(names: Optional[Sequence[str]], candidates: Sequence[str]) -> list[str]:
+    """One distinct display name per candidate: ``--names`` or the file names."""
+    chosen = list(names) if names else [Path(p).name for p in candidates]
+    if len(chosen) != len(candidates):
+        raise CTDenoiseError(f"--names gives {len(chosen)} names for {len(candidates)} candidates: give one per candidate")
+    if len(set(chosen)) != len(chosen):
+        raise CTDenoiseError(f"candidate names {chosen} repeat: give distinct names with --names")
+    return chosen
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats as None, for strict JSON (PSNR of identical images is +inf)."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def _progress_printer(mode: str) -> Optional[Callable[[Any], None]]:
+    """The ``--progress`` callback: JSON lines on stdout, a tqdm bar on stderr, or nothing."""
     if mode == "json":
         return lambda info: print(info.to_json(), flush=True)
     if mode == "none":
         return None
     from tqdm import tqdm
 
-    bars: dict[str, Any] = {}
+    bars: list[Any] = []
 
     def show(info: Any) -> None:
-        bar = bars.setdefault("bar", tqdm(total=info.slices_total, unit="slice", dynamic_ncols=True))
-        bar.n = info.slices_done
-        bar.refresh()
+        if not bars:
+            bars.append(tqdm(total=info.slices_total, unit="slice", dynamic_ncols=True,
+                             bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} slices{postfix}"))
+        bar = bars[0]
+        bar.set_postfix_str(f"{info.elapsed_s:.0f} s, {info.eta_s:.0f} s left on {info.device}", refresh=False)
+        bar.update(info.slices_done - bar.n)
         if info.slices_done >= info.slices_total:
             bar.close()
 
@@ -225,14 +298,62 @@ class _StopFlag:
         self.requested = True
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt while a command runs, so both stop it the same clean way."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    """Signal handler: stop the running command as Ctrl-C would."""
+    raise KeyboardInterrupt
+
+
 def _refuse_same_path(source: str, target: str) -> None:
     if Path(source).resolve() == Path(target).resolve():
         raise CTDenoiseError(f"output {target} is the input: choose another output path (inputs are never overwritten)")
 
 
+def _strength(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number between 0 (input unchanged) and 1 (fully denoised)")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one ``error: ...`` line (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message}: see '{self.prog} --help'\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
-    parser = argparse.ArgumentParser(prog="ctdenoise", description="Unpaired low-dose CT denoising with CycleGAN.")
+    parser = _Parser(prog="ctdenoise", description="Unpaired low-dose CT denoising with CycleGAN.")
     parser.add_argument("--version", action="version", version=f"ctdenoise {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -295,11 +416,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="output path (.nii.gz, .nrrd, .mha; no extension: a new DICOM series folder)")
     p.add_argument("--checkpoint", default=None, help="model (.safetensors or training .pt); default: the bundled model")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
-    p.add_argument("--batch-size", type=int, default=None, help="slices per batch (default: chosen for the device; halved on out-of-memory)")
-    p.add_argument("--strength", type=float, default=1.0, help="0..1: blend between input (0) and fully denoised (1)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="slices per batch (default: chosen for the device; halved on out-of-memory)")
+    p.add_argument("--strength", type=_strength, default=1.0, help="0..1: blend between input (0) and fully denoised (1)")
     p.add_argument("--noise-out", default=None, help="also write the removed noise (input minus output) here")
     p.add_argument("--progress", default="bar", choices=["bar", "json", "none"], help="progress display; json: one object per line")
     p.set_defaults(func=_cmd_denoise)
+
+    p = sub.add_parser("compare", help="metrics (PSNR/SSIM/RMSE, ROI noise) and a side-by-side PNG against a full-dose reference")
+    p.add_argument("reference", help="full-dose volume")
+    p.add_argument("candidates", nargs="+", help="volumes of the same scan to compare (e.g. low dose, denoised)")
+    p.add_argument("--names", nargs="+", default=None, help="a display name per candidate")
+    p.add_argument("--window", nargs=2, type=float, default=[-160.0, 240.0], metavar=("LOW", "HIGH"), help="HU window for PSNR/SSIM and the figure (default -160 240)")
+    p.add_argument("--roi", default=None, help="homogeneous region z0:z1,y0:y1,x0:x1 (voxels) for noise std and mean HU")
+    p.add_argument("--slice", type=int, default=None, help="slice shown in the PNG (default: the middle one)")
+    p.add_argument("--png", default=None, help="write the side-by-side figure here")
+    p.add_argument("--json", default=None, help="write the metrics as JSON here (an infinite PSNR, identical images, is null)")
+    p.add_argument("--markdown", default=None, help="write the metrics table as Markdown here")
+    p.set_defaults(func=_cmd_compare)
     return parser
 
 
@@ -308,13 +441,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with _sigterm_as_interrupt():
+            return int(args.func(args) or 0)
     except CTDenoiseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. 'ctdenoise info X | head -1'
+        sys.stderr.close()
+        return 0
+    except OSError as exc:  # disk full, no permission, a file vanished: the environment, not a bug
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where} (check free disk space and permissions)", file=sys.stderr)
+        return 2
     except Exception as exc:  # an engine bug: one line unless debugging
         if os.environ.get("CTDENOISE_DEBUG"):
             raise

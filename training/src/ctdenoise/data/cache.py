@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -22,6 +21,7 @@ import numpy as np
 
 from ctdenoise.data.layouts import FULL, LOW, ScanRecord, attenuation_to_hu, seed_slice_files
 from ctdenoise.errors import CTDenoiseError
+from ctdenoise.fileutils import atomic_write
 from ctdenoise.io.volume import Volume
 
 CACHE_VERSION = 1
@@ -119,14 +119,14 @@ class CacheIndex:
         return result
 
     def summary(self) -> dict[str, Any]:
-        """Facts about the training data for checkpoint metadata."""
+        """Facts about the training data for checkpoint metadata (counts only: no patient IDs or paths)."""
         splits = sorted({e.split or "none" for e in self.entries})
         spacings = np.array([e.spacing for e in self.entries if e.spacing is not None], dtype=float)
         low = self.volumes(dose=LOW)
         low_kinds = sorted({"simulated" if e.simulated else "real" for e in low})
         return {
             "layout": sorted({e.source_layout for e in self.entries}),
-            "patients": {s: sorted({e.patient for e in self.entries if (e.split or "none") == s}) for s in splits},
+            "patients": {s: len({e.patient for e in self.entries if (e.split or "none") == s}) for s in splits},
             "volumes": {d: len(self.volumes(dose=d)) for d in (FULL, LOW)},
             "slices": {d: int(sum(e.shape[0] for e in self.volumes(dose=d))) for d in (FULL, LOW)},
             "spacing_mm": None if spacings.size == 0 else {
@@ -227,6 +227,11 @@ def load_cache(path: str | os.PathLike[str]) -> CacheIndex:
 def _claim_directory(root: Path, overwrite: bool) -> None:
     """Refuse an existing cache unless ``overwrite``; then remove only the cache's own files."""
     existing = [root / n for n in (INDEX_NAME, VOLUME_DIR) if (root / n).exists()]
+    if (root / VOLUME_DIR).exists() and not (root / INDEX_NAME).is_file():
+        raise CTDenoiseError(
+            f"{root} has a '{VOLUME_DIR}' folder but no {INDEX_NAME}, so it is not a ctdenoise cache: "
+            "choose an empty or new folder"
+        )
     if existing and not overwrite:
         raise CTDenoiseError(
             f"{root} already holds a training cache: pass overwrite=True (--overwrite) to replace it "
@@ -335,16 +340,9 @@ def _unpair_mismatched(entries: list[CacheEntry]) -> tuple[list[CacheEntry], lis
 
 
 def _write_index(root: Path, info: dict[str, Any], entries: Sequence[CacheEntry]) -> None:
-    """Write ``index.json`` atomically (temporary file in the same folder, then ``os.replace``)."""
+    """Write ``index.json`` atomically."""
     text = json.dumps({**info, "volumes": [e.to_json() for e in entries]}, indent=1, default=str)
-    handle, temp = tempfile.mkstemp(prefix=".index-", suffix=".json", dir=root)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temp, root / INDEX_NAME)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    atomic_write(root / INDEX_NAME, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _report(progress: Optional[ProgressCallback], done: int, total: int, message: str) -> None:

@@ -22,11 +22,10 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from ctdenoise.errors import CTDenoiseError
+from ctdenoise.physics.lowdose import MU_WATER_PER_MM  # also the seed project's .npy convention
 
 FULL = "full"
 LOW = "low"
-MU_WATER_PER_MM = 0.0192
-"""Linear attenuation of water (1/mm) used by the seed project's .npy slices."""
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 DICOM_SUFFIXES = (".dcm", ".ima")

@@ -103,12 +103,12 @@ def _check_channels(in_channels: int, out_channels: int) -> None:
         )
 
 
-def _check_input(x: torch.Tensor, channels: int) -> None:
-    """Reject inputs that are not (B, channels, H>=4, W>=4)."""
-    if x.dim() != 4 or x.shape[1] != channels or min(x.shape[-2:]) < MIN_SIZE:
+def _check_input(x: torch.Tensor, channels: int, min_size: int = MIN_SIZE) -> None:
+    """Reject inputs that are not (B, channels, H>=min_size, W>=min_size)."""
+    if x.dim() != 4 or x.shape[1] != channels or min(x.shape[-2:]) < min_size:
         raise CTDenoiseError(
             f"generator input has shape {tuple(x.shape)}: pass (batch, {channels}, H, W) "
-            f"with H and W at least {MIN_SIZE}"
+            f"with H and W at least {min_size}"
         )
 
 
@@ -204,8 +204,8 @@ class FastGenerator(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return ``x + tanh(body(x))`` at the input's size, whatever H and W (at least 4)."""
-        _check_input(x, self.in_channels)
+        """Return ``x + tanh(body(x))`` at the input's size, for any H and W above 2 ** n_downsampling."""
+        _check_input(x, self.in_channels, self.multiple + 1)  # the bottleneck keeps more than one pixel
         height, width = x.shape[-2:]
         pad_h, pad_w = -height % self.multiple, -width % self.multiple
         h = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else x

@@ -6,6 +6,8 @@ from ctdenoise.physics.lowdose import (
     DEFAULT_PHOTONS,
     DEFAULT_VIEWS,
     MU_WATER_PER_MM,
+    calibrate_photons,
+    estimate_noise_std,
     simulate_low_dose,
     simulate_volume,
 )
@@ -24,6 +26,8 @@ __all__ = [
     "DEFAULT_VIEWS",
     "FILTERS",
     "MU_WATER_PER_MM",
+    "calibrate_photons",
+    "estimate_noise_std",
     "back_project",
     "filtered_backprojection",
     "forward_project",

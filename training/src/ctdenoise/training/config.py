@@ -154,7 +154,10 @@ def validate(config: Config) -> Config:
         (c.optim.step_size >= 1, "optim.step_size must be at least 1"),
         (0 < c.optim.gamma <= 1, "optim.gamma must be in (0, 1]"),
         (c.optim.schedule != "linear" or c.optim.decay_steps >= 1, "optim.decay_steps must be at least 1 for the linear schedule"),
+        (c.optim.decay_start >= 0, "optim.decay_start must be 0 or more"),
         (c.train.max_steps >= 1, "train.max_steps must be at least 1"),
+        (c.train.threads >= 0, "train.threads must be 0 or more"),
+        (c.train.val_slices >= 0, "train.val_slices must be 0 or more"),
         (c.train.amp in ("auto", "bf16", "off"), "train.amp must be 'auto', 'bf16' or 'off'"),
         (c.train.image_pool >= 0, "train.image_pool must be 0 or more"),
         (c.train.log_every >= 1, "train.log_every must be at least 1"),
@@ -176,20 +179,19 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return validate(_build(Config, data or {}, ""))
 
 
-def load_config(path: Union[str, Path], overrides: Optional[dict[str, Any]] = None) -> Config:
+def load_config(path: Union[str, Path]) -> Config:
     """Read a YAML config file; relative ``data.cache`` is resolved against the file's folder."""
     path = Path(path)
     if not path.is_file():
         raise CTDenoiseError(f"config file {path} does not exist: write one (see 'ctdenoise train --print-config')")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise CTDenoiseError(f"config file {path} is not valid YAML{where}: fix its syntax") from None
-    for dotted, value in (overrides or {}).items():
-        section, _, key = dotted.partition(".")
-        data.setdefault(section, {})[key] = value
+    except UnicodeDecodeError:
+        raise CTDenoiseError(f"config file {path} is not UTF-8 text: save it as UTF-8") from None
     config = config_from_dict(data)
     if config.data.cache and not Path(config.data.cache).is_absolute():
         config.data.cache = str((path.parent / config.data.cache).resolve())

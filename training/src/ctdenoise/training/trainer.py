@@ -42,6 +42,7 @@ from ctdenoise.checkpoints import (
     save_torch_atomic,
 )
 from ctdenoise.errors import CTDenoiseError
+from ctdenoise.fileutils import atomic_write
 from ctdenoise.normalization import HUNormalization
 from ctdenoise.training.config import Config
 from ctdenoise.training.pool import ImagePool
@@ -79,26 +80,41 @@ class _Dist:
 
 
 def _select_device(requested: str, dist: _Dist) -> torch.device:
-    if requested == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", dist.local_rank)
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available() and dist.world_size == 1:
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(requested)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CTDenoiseError("train.device is 'cuda' but no CUDA GPU is usable here: set train.device to 'auto' or 'cpu'")
+    """The engine's device choice; under torchrun each process takes the GPU of its local rank."""
+    from ctdenoise.inference import select_device
+
+    device = select_device(requested)
     if device.type == "cuda" and dist.world_size > 1:
         return torch.device("cuda", dist.local_rank)
+    if device.type == "mps" and dist.world_size > 1:
+        raise CTDenoiseError("multi-process training needs CUDA GPUs or the CPU: set train.device to 'cuda' or 'cpu'")
     return device
 
 
 def _autocast_dtype(config: Config, device: torch.device) -> Optional[torch.dtype]:
-    if config.train.amp == "off" or device.type != "cuda":
-        if config.train.amp == "bf16" and device.type != "cuda":
-            raise CTDenoiseError("train.amp 'bf16' needs a CUDA GPU: set train.amp to 'auto' or 'off'")
+    """bf16 autocast on CUDA GPUs that support it ('auto'); full precision elsewhere."""
+    if config.train.amp == "bf16" and not (device.type == "cuda" and torch.cuda.is_bf16_supported()):
+        raise CTDenoiseError("train.amp 'bf16' needs a CUDA GPU with bf16 support: set train.amp to 'auto' or 'off'")
+    if config.train.amp == "off" or device.type != "cuda" or not torch.cuda.is_bf16_supported():
         return None
     return torch.bfloat16
+
+
+# Config sections and keys that may change when a run is resumed; anything else must match.
+RESUMABLE_CHANGES = {
+    "data.cache", "data.num_workers",
+    "train.max_steps", "train.device", "train.log_every", "train.val_every", "train.val_slices",
+    "train.val_window", "train.checkpoint_every", "train.keep_checkpoints", "train.threads",
+}
+
+
+def _config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two config dicts, except RESUMABLE_CHANGES."""
+    keys = {f"{section}.{key}" for c in (saved, current) for section, values in c.items() for key in values}
+    return sorted(
+        k for k in keys - RESUMABLE_CHANGES
+        if saved.get(k.split(".")[0], {}).get(k.split(".")[1]) != current.get(k.split(".")[0], {}).get(k.split(".")[1])
+    )
 
 
 class Trainer:
@@ -112,7 +128,7 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.dist = _Dist.from_env()
         if self.dist.world_size > 1 and not torch.distributed.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() and config.train.device in ("auto", "cuda") else "gloo"
+            backend = "nccl" if torch.cuda.is_available() and config.train.device != "cpu" else "gloo"
             torch.distributed.init_process_group(backend)
         if config.train.threads > 0:
             torch.set_num_threads(config.train.threads)
@@ -220,13 +236,14 @@ class Trainer:
         state = load_torch_safely(path)
         if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
             raise CTDenoiseError(f"{path} is not a ctdenoise training state")
-        saved = state["config"]
-        for section in ("model", "normalization"):
-            if saved[section] != self.config.to_dict()[section]:
-                raise CTDenoiseError(
-                    f"cannot resume: the config's '{section}' section differs from the run in {path.parent}; "
-                    "use the run's config.yaml or start a new --out"
-                )
+        if int(state.get("format_version", 0)) > TRAIN_STATE_VERSION:
+            raise CTDenoiseError(f"{path} was written by a newer ctdenoise: upgrade ctdenoise to resume it")
+        changed = _config_differences(state["config"], self.config.to_dict())
+        if changed:
+            raise CTDenoiseError(
+                f"cannot resume: config key {changed[0]} differs from the run in {path.parent} "
+                f"({len(changed)} key(s) differ); use the run's config.yaml or start a new --out"
+            )
         for name, net in self.networks.items():
             net.load_state_dict(state["models"][name])
         self.opt_g.load_state_dict(state["optimizers"]["G"])
@@ -249,6 +266,8 @@ class Trainer:
 
         c = self.config
         gen_args = {**GENERATOR_PRESETS[c.model.generator], **c.model.generator_args}
+        config = c.to_dict()
+        config["data"]["cache"] = Path(c.data.cache).name  # no local paths in a shared model
         return build_metadata(
             preset=c.model.generator,
             generator_args=gen_args,
@@ -257,7 +276,7 @@ class Trainer:
             training={
                 "steps": self.step,
                 "data": self.cache.summary(),
-                "config": c.to_dict(),
+                "config": config,
                 "device": str(self.device),
                 "world_size": self.dist.world_size,
             },
@@ -421,7 +440,9 @@ def train(
     writer = None
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        text = yaml.safe_dump(config.to_dict(), sort_keys=False)
+        atomic_write(out_dir / "config.yaml", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        _drop_metrics_after(out_dir / "metrics.jsonl", trainer.step)
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out_dir / "tb"), purge_step=trainer.step + 1 if trainer.step else None)
@@ -480,6 +501,16 @@ def train(
     return TrainResult(out_dir, trainer.step, model_path, trainer.metrics, time.perf_counter() - start)
 
 
+def _drop_metrics_after(path: Path, step: int) -> None:
+    """On resume, forget validation lines written after the state being resumed."""
+    if not path.is_file():
+        return
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    if len(kept) != len(lines):
+        atomic_write(path, lambda tmp: tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8"))
+
+
 def _log_validation(trainer: Trainer, writer: Any) -> None:
     result = trainer.validate()
     if not result:
@@ -493,5 +524,5 @@ def _log_validation(trainer: Trainer, writer: Any) -> None:
     window = trainer.config.train.val_window
     grid = np.concatenate([_window_image(x, window) for x in (low, denoised, full)], axis=1)
     writer.add_image("val/low_denoised_full", grid[None], step)
-    with open(trainer.out_dir / "metrics.jsonl", "a") as handle:
+    with open(trainer.out_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
         handle.write(json.dumps(result) + "\n")
