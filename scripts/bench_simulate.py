@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Callable, List
 
 import numpy as np
-import pydicom
 import torch
 
+from ctdenoise.io import read_volume
 from ctdenoise.physics.lowdose import simulate_low_dose
 
 SERIES = Path(__file__).resolve().parents[1] / "data" / "totalsegmentator" / "example_ct_dicom"
@@ -25,13 +25,8 @@ SERIES = Path(__file__).resolve().parents[1] / "data" / "totalsegmentator" / "ex
 
 def load_slice(folder: Path) -> tuple[np.ndarray, float]:
     """The middle slice of a DICOM series in HU and its column pixel spacing in mm."""
-    datasets = sorted(
-        (pydicom.dcmread(str(path)) for path in folder.iterdir()),
-        key=lambda ds: float(ds.ImagePositionPatient[2]),
-    )
-    ds = datasets[len(datasets) // 2]
-    hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
-    return hu, float(ds.PixelSpacing[1])
+    volume = read_volume(folder)
+    return volume.array[volume.shape[0] // 2], float(volume.spacing[0])
 
 
 def median_seconds(run: Callable[[], object], repeats: int) -> float:

@@ -97,11 +97,14 @@ def dicom_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # ------------------------------------------------------------------------------ values and dtypes
 
 
-def test_strength_zero_returns_the_input_bit_identical(random_model: ModelCheckpoint, ct_int16: np.ndarray) -> None:
-    for hu in (ct_int16, ct_int16.astype(np.float64) + 0.25):
+def test_strength_zero_returns_the_input_values_in_the_output_dtype(
+    random_model: ModelCheckpoint, ct_int16: np.ndarray
+) -> None:
+    for hu, dtype in ((ct_int16, np.int16), (ct_int16.astype(np.float64) + 0.25, np.float32)):
         out = denoise_array(hu, random_model, strength=0.0)
-        assert out.dtype == hu.dtype and out is not hu
-        assert out.tobytes() == hu.tobytes()
+        assert out.dtype == dtype and out is not hu and not np.shares_memory(out, hu)
+        assert out.tobytes() == hu.astype(dtype).tobytes()
+        np.testing.assert_array_equal(out, hu)  # x.25 HU are exact in float32
 
 
 def test_int16_input_gives_int16_within_range_and_shape(models: dict[str, Path], ct_int16: np.ndarray) -> None:
@@ -349,24 +352,46 @@ def test_denoise_file_cancelled_leaves_nothing(models: dict[str, Path], dicom_su
     assert len(infos) == 1 and list(tmp_path.iterdir()) == []
 
 
-def test_failed_output_write_removes_the_noise_output(
-    models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _fail_writing(monkeypatch: pytest.MonkeyPatch, name: str, before_failing: Callable[[], bool]) -> list[Path]:
+    """Make ``write_volume`` fail for the output called ``name`` once ``before_failing()`` holds;
+    other writes go through and are listed in the returned list."""
     real = inference.write_volume
     written: list[Path] = []
 
     def write_volume(volume, path, **kwargs):  # type: ignore[no-untyped-def]
-        if Path(path).name == "den.nii.gz":
-            assert sorted(p.name for p in tmp_path.iterdir()) == ["noise.mhd", "noise.zraw"]
+        if Path(path).name == name:
+            assert before_failing()
             raise CTDenoiseError("disk full (simulated)")
         written.append(real(volume, path, **kwargs))
         return written[-1]
 
     monkeypatch.setattr(inference, "write_volume", write_volume)
+    return written
+
+
+def test_failed_output_write_removes_the_noise_output(
+    models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written = _fail_writing(
+        monkeypatch, "den.nii.gz", lambda: sorted(p.name for p in tmp_path.iterdir()) == ["noise.mhd", "noise.zraw"]
+    )
     source = DATA / "tcga_lung_ctmi" / sorted(os.listdir(DATA / "tcga_lung_ctmi"))[0]
     with pytest.raises(CTDenoiseError, match="disk full"):
         denoise_file(source, tmp_path / "den.nii.gz", models["random"], noise_out=tmp_path / "noise.mhd")
     assert len(written) == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_failed_output_write_empties_a_noise_folder_that_existed_empty(
+    models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    noise = tmp_path / "noise"
+    noise.mkdir()
+    written = _fail_writing(monkeypatch, "den.nii.gz", lambda: [p.suffix for p in noise.iterdir()] == [".dcm"])
+    source = DATA / "tcga_lung_ctmi" / sorted(os.listdir(DATA / "tcga_lung_ctmi"))[0]
+    with pytest.raises(CTDenoiseError, match="disk full"):
+        denoise_file(source, tmp_path / "den.nii.gz", models["random"], noise_out=noise)
+    assert written == [noise.absolute()]  # the one-slice noise series was written into the folder ...
+    assert [p.name for p in tmp_path.iterdir()] == ["noise"] and list(noise.iterdir()) == []  # ... and removed
 
 
 class _RunsCode:
@@ -386,7 +411,7 @@ def test_malicious_pickle_checkpoint_is_refused_without_running_code(tmp_path: P
         pickle.dump({"G_Q2F_state_dict": _RunsCode(marker)}, handle, protocol=2)
     torch.save({"G_Q2F_state_dict": _RunsCode(marker), "epoch": 1}, tmp_path / "evil2.pt")
     for path in (evil, tmp_path / "evil2.pt"):
-        with pytest.raises(CTDenoiseError):
+        with pytest.raises(CTDenoiseError, match="refused to load .* not a plain weights file"):
             denoise_file(DICOM_SERIES, tmp_path / "out.nii.gz", path)
     assert not marker.exists() and not (tmp_path / "out.nii.gz").exists()
 
@@ -400,15 +425,15 @@ def test_denoise_file_refuses_bad_paths_before_computing(
     calls.clear()
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "old.dcm").write_bytes(b"x")
-    refused = {
-        "same as the input": (nifti, None),
-        "noise output is the input": (tmp_path / "b.nii.gz", nifti),
-        "noise output is the output": (tmp_path / "b.nii.gz", tmp_path / "b.nii.gz"),
-        "unsupported extension": (tmp_path / "b.txt", None),
-        "non-empty DICOM folder": (tmp_path / "full", None),
+    refused = {  # case: (output, noise output, the refusal's message)
+        "same as the input": (nifti, None, "^output .* is the input"),
+        "noise output is the input": (tmp_path / "b.nii.gz", nifti, "^noise output .* is the input"),
+        "noise output is the output": (tmp_path / "b.nii.gz", tmp_path / "b.nii.gz", "collides with the output"),
+        "unsupported extension": (tmp_path / "b.txt", None, "unsupported extension '.txt'"),
+        "non-empty DICOM folder": (tmp_path / "full", None, "output folder .* exists and is not empty"),
     }
-    for case, (output, noise) in refused.items():
-        with pytest.raises(CTDenoiseError):
+    for case, (output, noise, message) in refused.items():
+        with pytest.raises(CTDenoiseError, match=message):
             denoise_file(nifti, output, models["zero"], noise_out=noise)
         assert calls == [], case
     with pytest.raises(CTDenoiseError, match="does not exist"):

@@ -363,6 +363,35 @@ def test_write_refusals(tmp_path: Path, series_volume: Volume, nifti_path: Path)
     assert not (tmp_path / "bad.nrrd").exists() and _leftovers(tmp_path) == []
 
 
+def test_uid_like_folder_name_is_a_dicom_output(tmp_path: Path) -> None:
+    volume = Volume(np.arange(32, dtype=np.float32).reshape(2, 4, 4) - 1000.0)
+    target = tmp_path / "1.2.840.113619"
+    assert validate_output_path(target) == target
+    assert write_volume(volume, target) == target.absolute()
+    assert len(_headers(target)) == 2 and _headers(target)[0].Modality == "CT"
+    np.testing.assert_array_equal(read_volume(target).array, volume.array)
+    (tmp_path / "2.25").write_text("x")
+    with pytest.raises(CTDenoiseError, match="exists and is not a folder"):
+        validate_output_path(tmp_path / "2.25")
+    with pytest.raises(CTDenoiseError, match=r"unsupported extension '\.25a': .*ending in digits"):
+        validate_output_path(tmp_path / "1.25a")
+
+
+def test_created_lists_exactly_what_a_write_put_in_place(tmp_path: Path) -> None:
+    volume = Volume(np.zeros((2, 4, 4), np.float32))
+    image: list[Path] = []
+    write_volume(volume, tmp_path / "ct.mhd", created=image)
+    assert sorted(p.name for p in image) == ["ct.mhd", "ct.zraw"] == sorted(p.name for p in tmp_path.iterdir())
+    series: list[Path] = []
+    write_volume(volume, tmp_path / "series", created=series)
+    assert series == [(tmp_path / "series").absolute()]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    inside: list[Path] = []
+    write_volume(volume, empty, created=inside)
+    assert len(inside) == 2 and inside == sorted(empty.absolute().iterdir())
+
+
 def test_interrupted_writes_leave_nothing(tmp_path: Path, series_volume: Volume, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
     original_save = pydicom.Dataset.save_as

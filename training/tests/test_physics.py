@@ -6,12 +6,11 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 import torch
 
 from ctdenoise.errors import CTDenoiseError
-from ctdenoise.io.volume import Volume
+from ctdenoise.io import Volume, read_volume
 from ctdenoise.physics import lowdose
 from ctdenoise.physics.lowdose import simulate_low_dose, simulate_volume
 from ctdenoise.physics.projector import (
@@ -49,15 +48,10 @@ def _detector_positions(count: int, spacing: float) -> torch.Tensor:
     return (torch.arange(count, dtype=torch.float32) - (count - 1) / 2.0) * spacing
 
 
-def _read_hu(path: Path) -> tuple[np.ndarray, float]:
-    ds = pydicom.dcmread(str(path))
-    hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
-    return hu, float(ds.PixelSpacing[1])
-
-
-def _middle_abdomen_slice() -> tuple[np.ndarray, float]:
-    files = sorted(ABDOMEN.iterdir(), key=lambda p: float(pydicom.dcmread(str(p)).ImagePositionPatient[2]))
-    return _read_hu(files[len(files) // 2])
+def _middle_slice(path: Path) -> tuple[np.ndarray, float]:
+    """The middle slice (in position order) of a CT series or file in HU, and its column spacing in mm."""
+    volume = read_volume(path)
+    return volume.array[volume.shape[0] // 2], float(volume.spacing[0])
 
 
 def _water_phantom(size: int = 96) -> np.ndarray:
@@ -301,7 +295,7 @@ def test_simulate_volume_keeps_geometry_and_records_parameters() -> None:
 
 
 def test_real_abdomen_slice_reaches_the_calibrated_noise() -> None:
-    hu, pixel_mm = _middle_abdomen_slice()
+    hu, pixel_mm = _middle_slice(ABDOMEN)
     assert hu.shape == (512, 512)
     report: dict = {}
     out = simulate_low_dose(hu, pixel_mm, 0.25, seed=5, report=report)
@@ -334,7 +328,7 @@ def test_noise_estimate_on_known_gaussian_noise_and_noise_free_fallback() -> Non
 
 
 def test_padding_outside_the_scan_field_is_left_alone() -> None:
-    hu, pixel_mm = _read_hu(PADDED_CHEST)
+    hu, pixel_mm = _middle_slice(PADDED_CHEST)
     hu, pixel_mm = hu[::2, ::2].copy(), 2 * pixel_mm  # half resolution keeps the test fast
     padding = hu < -1024
     assert padding.any() and hu.min() == -3024

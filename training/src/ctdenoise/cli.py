@@ -369,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="output path (.nii.gz, .nrrd, .mha; no extension: a DICOM series folder)")
     p.add_argument("--dose", type=float, default=0.25, help="dose fraction in (0, 1] (default 0.25: quarter dose)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    p.add_argument("--photons", type=float, default=None, help="full-dose photons per ray (default: calibrated value)")
+    p.add_argument("--photons", type=float, default=None, help="full-dose photons per ray (default: calibrated so the added noise matches the scan's own noise)")
     p.add_argument("--electronic-noise", dest="electronic_noise", type=float, default=None, help="electronic noise std in counts")
     p.add_argument("--views", type=int, default=None, help="projection views over 180 degrees")
     p.add_argument("--kernel", default=None, help="reconstruction filter: ramp, shepp-logan, cosine, hamming or hann")

@@ -273,24 +273,27 @@ def denoise_array(
         batch_size: slices per forward pass; ``None`` picks one per device (on CUDA, from the
             free memory after the first slice). Out-of-memory errors halve it and retry; at 1 the
             slices are processed as overlapping tiles (MONAI sliding window, Gaussian blending).
-        strength: 0 returns the input unchanged (a copy, same dtype), 1 the full denoising.
+        strength: 0 returns the input's values unchanged (a copy, in the output dtype below), 1 the
+            full denoising.
         progress: called with a :class:`ProgressInfo` after each batch.
         cancel: polled before each batch; returning True raises :class:`DenoiseCancelled`.
         amp: bf16/fp16 autocast on CUDA.
         max_slice_pixels: slices with more pixels than this are always tiled.
 
     Returns:
-        float32 HU for float input; for integer input the same integer dtype, rounded and clipped
-        to its range. Same shape as ``hu``.
+        float32 HU for float input (whatever its precision, strength 0 included); for integer input
+        the same integer dtype in native byte order, rounded and clipped to its range. Same shape as
+        ``hu``.
     """
     _check_array(hu, strength)
     _check_positive("batch size", batch_size)
     _check_positive("max_slice_pixels", max_slice_pixels)
     target = select_device(device)
+    dtype = np.dtype(np.float32) if hu.dtype.kind == "f" else hu.dtype.newbyteorder("=")
     if float(strength) == 0.0:
-        return hu.copy()
+        return hu.astype(dtype)
     slices = hu[None] if hu.ndim == 2 else hu
-    out = np.empty(slices.shape, dtype=np.float32 if hu.dtype.kind == "f" else hu.dtype.newbyteorder("="))
+    out = np.empty(slices.shape, dtype=dtype)
     run = _SliceRun(checkpoint, target, batch_size, amp, max_slice_pixels, slices.shape)
     for start, stop, residual in run.batches(slices, cancel, progress):
         chunk = slices[start:stop].astype(np.float32)
@@ -462,12 +465,6 @@ def _check_paths(source: Path, output: Path, noise_out: Optional[Path]) -> None:
     validate_output_path(noise_out)
 
 
-def _written_entries(path: Path, before: set[str]) -> list[Path]:
-    """Entries beside ``path`` that appeared since ``before`` and belong to it (e.g. .mhd + .raw)."""
-    stem = path.name.split(".")[0]
-    return [p for p in path.parent.iterdir() if p.name not in before and p.name.split(".")[0] == stem]
-
-
 def _remove(entries: list[Path]) -> None:
     """Delete files and folders that this run wrote."""
     for entry in entries:
@@ -485,21 +482,24 @@ def _write_outputs(
     checkpoint: ModelCheckpoint,
     strength: float,
 ) -> tuple[Path, Optional[Path]]:
-    """Write the removed noise (if asked) and then the denoised volume; on failure leave neither."""
+    """Write the removed noise (if asked) and then the denoised volume; on failure leave neither.
+
+    Undoing the noise output removes exactly the paths its write put in place (see ``created`` in
+    :func:`~ctdenoise.io.write_volume`): a noise folder that existed empty is left empty.
+    """
     written_noise = None
-    before: set[str] = set()
+    noise_paths: list[Path] = []
     if noise_out is not None:
-        noise_out.parent.mkdir(parents=True, exist_ok=True)
-        before = {p.name for p in noise_out.parent.iterdir()}
         noise = source.with_array((source.array - denoised.array).astype(np.float32))
         description = series_description(source, "removed noise", checkpoint, strength)
-        written_noise = write_volume(noise, noise_out, reference=source, series_description=description)
+        written_noise = write_volume(
+            noise, noise_out, reference=source, series_description=description, created=noise_paths
+        )
     try:
         description = series_description(source, "denoised", checkpoint, strength)
         written = write_volume(denoised, output, reference=source, series_description=description)
     except BaseException:
-        if noise_out is not None:
-            _remove(_written_entries(noise_out, before))
+        _remove(noise_paths)
         raise
     return written, written_noise
 

@@ -29,6 +29,10 @@ HU_MIN = -1024
 HU_MAX = 3071
 INDEX_NAME = "index.json"
 VOLUME_DIR = "volumes"
+SEED_PIXEL_SPACING_MM = 0.7
+"""Pixel size assumed when simulating low dose from seed-layout ``.npy`` slices, which carry no
+geometry: the seed's AAPM/Mayo slices are 512 x 512 pixels reconstructed over a field of view of
+about 350 mm (350 / 512 = 0.68 mm). The simulated noise level depends on it (ray lengths in mm)."""
 
 ProgressCallback = Callable[[int, int, str], None]
 
@@ -147,6 +151,7 @@ def prepare_cache(
     seed: int = 0,
     progress: Optional[ProgressCallback] = None,
     overwrite: bool = False,
+    seed_pixel_spacing_mm: float = SEED_PIXEL_SPACING_MM,
 ) -> CacheIndex:
     """Read every record once and store it as int16 HU under ``out_dir``; return the loaded cache.
 
@@ -155,11 +160,15 @@ def prepare_cache(
     entry with ``simulated: true``. ``out_dir/index.json`` is written last and atomically, so a
     cache without an index is never mistaken for a finished one. An existing cache is replaced only
     with ``overwrite=True``. ``progress(done, total, message)`` is called after each stored volume.
+    Seed-layout slices have no pixel size, so their simulation uses ``seed_pixel_spacing_mm``
+    (see :data:`SEED_PIXEL_SPACING_MM`); it is recorded in the index when used.
     """
     if not records:
         raise CTDenoiseError("no scans to prepare: the data set is empty")
     if simulate_dose is not None and not 0.0 < simulate_dose < 1.0:
         raise CTDenoiseError(f"simulated dose must lie between 0 and 1 (exclusive), got {simulate_dose}")
+    if not seed_pixel_spacing_mm > 0:
+        raise CTDenoiseError(f"seed pixel spacing must be a positive number of mm, got {seed_pixel_spacing_mm}")
     root = Path(out_dir).expanduser().resolve()
     _claim_directory(root, overwrite)
     to_simulate = _records_to_simulate(records) if simulate_dose is not None else set()
@@ -175,22 +184,24 @@ def prepare_cache(
         _report(progress, len(entries), total, f"stored {record.patient} {record.dose} dose ({record.path.name})")
         if simulate_dose is not None and index in to_simulate:
             if record.source_layout == "seed":
-                volume = _read_seed_volume(record)
+                volume = _read_seed_volume(record, seed_pixel_spacing_mm)
             low = _simulate(volume, simulate_dose, simulate_options or {}, seed, index)
             pair_key = record.pair_key or f"sim/{entries[-1].id}"
             low_record = replace(record, dose=LOW, dose_fraction=simulate_dose, pair_key=pair_key)
-            entries[-1] = _with_pair_key(entries[-1], pair_key)
+            entries[-1] = replace(entries[-1], pair_key=pair_key)
             sim_id = f"{len(entries):04d}-{_slug(record.patient)}-low-sim"
             entries.append(_store_volume(low, low_record, root, sim_id, simulated=True))
             _report(progress, len(entries), total, f"simulated {simulate_dose:g} dose for {record.patient}")
     entries, warnings = _unpair_mismatched(entries)
+    seed_simulated = any(records[i].source_layout == "seed" for i in to_simulate)
     info = {
         "version": CACHE_VERSION,
         "created_with": _package_version(),
         "dtype": "int16",
         "hu_range": [HU_MIN, HU_MAX],
         "simulation": None if simulate_dose is None else {
-            "dose": simulate_dose, "options": simulate_options or {}, "seed": seed},
+            "dose": simulate_dose, "options": simulate_options or {}, "seed": seed,
+            **({"seed_pixel_spacing_mm": seed_pixel_spacing_mm} if seed_simulated else {})},
         "warnings": warnings,
     }
     _write_index(root, info, entries)
@@ -257,10 +268,11 @@ def _read(record: ScanRecord) -> Volume:
     return read_volume(record.path)
 
 
-def _read_seed_volume(record: ScanRecord) -> Volume:
-    """A seed-layout stack as a float32 HU Volume (only needed to simulate from it)."""
+def _read_seed_volume(record: ScanRecord, pixel_mm: float) -> Volume:
+    """A seed-layout stack as a float32 HU Volume with ``pixel_mm`` pixels (only needed to simulate from it)."""
     files = seed_slice_files(record.path)
-    return Volume(np.stack([_seed_slice_hu(f) for f in files]), metadata={"format": "npy"})
+    spacing = (float(pixel_mm), float(pixel_mm), 1.0)
+    return Volume(np.stack([_seed_slice_hu(f) for f in files]), spacing, metadata={"format": "npy"})
 
 
 def _seed_slice_hu(path: Path) -> np.ndarray:
@@ -317,10 +329,6 @@ def _entry(record: ScanRecord, entry_id: str, shape: tuple[int, ...], spacing: A
     )
 
 
-def _with_pair_key(entry: CacheEntry, pair_key: Optional[str]) -> CacheEntry:
-    return CacheEntry.from_json({**entry.to_json(), "pair_key": pair_key})
-
-
 def _simulate(volume: Volume, dose: float, options: dict[str, Any], seed: int, index: int) -> Volume:
     from ctdenoise.physics import simulate_volume
 
@@ -336,7 +344,7 @@ def _unpair_mismatched(entries: list[CacheEntry]) -> tuple[list[CacheEntry], lis
             shapes.setdefault(entry.pair_key, set()).add(entry.shape)
     bad = sorted(k for k, s in shapes.items() if len(s) > 1)
     warnings = [f"pair {k} has volumes of different shapes {sorted(shapes[k])}: used unpaired" for k in bad]
-    return [_with_pair_key(e, None) if e.pair_key in bad else e for e in entries], warnings
+    return [replace(e, pair_key=None) if e.pair_key in bad else e for e in entries], warnings
 
 
 def _write_index(root: Path, info: dict[str, Any], entries: Sequence[CacheEntry]) -> None:

@@ -7,7 +7,6 @@ never whole volumes.
 
 from __future__ import annotations
 
-import time
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -47,7 +46,8 @@ class UnpairedPatchSampler:
     so the two patches never come from a known aligned position. A crop with less than
     ``min_body_fraction`` of its pixels above -900 HU is redrawn, up to ``max_tries`` draws in
     total (the draw with the most body is kept). Augmentation is one of the 8 flips/90-degree
-    rotations. Each rank of a distributed run draws its own ``batch_size`` patches.
+    rotations. Each rank of a distributed run draws its own ``batch_size`` patches from its own
+    random stream, seeded by ``(seed, step, rank)``; ``world_size`` only validates ``rank``.
     """
 
     def __init__(
@@ -87,7 +87,6 @@ class UnpairedPatchSampler:
         self.seed = seed
         self.augment = augment
         self.rank = rank
-        self.world_size = world_size
         self.min_body_fraction = min_body_fraction
         self.max_tries = max_tries
         self._pools = pools
@@ -132,14 +131,6 @@ class UnpairedPatchSampler:
         pad_y, pad_x = size - crop.shape[0], size - crop.shape[1]
         return np.pad(crop, ((pad_y // 2, pad_y - pad_y // 2), (pad_x // 2, pad_x - pad_x // 2)),
                       constant_values=float(HU_MIN))
-
-    def patches_per_second(self, num_batches: int = 20, start_step: int = 0) -> float:
-        """Throughput of :meth:`batch` in patches per second (full and low patches both counted)."""
-        begin = time.perf_counter()
-        for step in range(start_step, start_step + num_batches):
-            self.batch(step)
-        elapsed = time.perf_counter() - begin
-        return 2 * self.batch_size * num_batches / max(elapsed, 1e-9)
 
 
 class StepDataset(Dataset):

@@ -72,23 +72,31 @@ class NewSeries:
 # ----------------------------------------------------------------------------------------- reading
 
 
-def read_header(path: Path) -> Dataset | None:
+def read_header(path: Path, *, required: bool = False) -> Dataset | None:
     """The header (no pixel data) of a DICOM image file, or None if ``path`` is not one.
 
-    Files without the 128-byte preamble are accepted when they parse as an image header.
+    Files without the 128-byte preamble are accepted when they parse as an image header. With
+    ``required`` (a source slice re-read to write a derived series) every element is read now rather
+    than deferred, and a file that is missing or not a DICOM image raises instead of returning None.
     """
+    defer = None if required else "64 KB"
+    hint = "keep the source series in place while writing" if required else "check that the file is complete"
     try:
-        header = pydicom.dcmread(path, stop_before_pixels=True, defer_size="64 KB")
+        header = pydicom.dcmread(path, stop_before_pixels=True, defer_size=defer)
     except InvalidDicomError:
         try:
-            header = pydicom.dcmread(path, stop_before_pixels=True, defer_size="64 KB", force=True)
+            header = pydicom.dcmread(path, stop_before_pixels=True, defer_size=defer, force=True)
         except Exception:  # any parse failure means "not DICOM" for a forced read
-            return None
-        if "SOPClassUID" not in header and "Modality" not in header:
-            return None
+            header = None
+        if header is not None and "SOPClassUID" not in header and "Modality" not in header:
+            header = None
     except (OSError, ValueError, EOFError) as exc:
-        raise CTDenoiseError(f"cannot read the DICOM header of {path} ({exc}): check that the file is complete") from exc
-    return header if "Rows" in header and "Columns" in header else None
+        raise CTDenoiseError(f"cannot read the DICOM header of {path} ({exc}): {hint}") from exc
+    if header is not None and "Rows" in header and "Columns" in header:
+        return header
+    if required:
+        raise CTDenoiseError(f"the source DICOM file {path} is not a DICOM image: {hint}")
+    return None
 
 
 def collect_series(

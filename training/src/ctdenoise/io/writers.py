@@ -5,9 +5,12 @@ which is how CT is stored everywhere (DICOM keeps integer values too; rounding m
 most 0.5 HU). Only a volume whose rounded values do not fit int16 is written as float32 (image files)
 or with a shifted RescaleIntercept (DICOM).
 
-Every write is atomic: the output is assembled in a hidden temporary sibling (a folder next to the
-target) and moved into place with ``os.replace``/``rename`` at the end, so an error, a crash or a
-cancel never leaves a partial output. Source files are never overwritten.
+Every output is assembled in a hidden staging folder next to the target and moved into place with
+``os.replace`` at the end, so an error during assembly leaves nothing. A DICOM series folder and a
+one-file image (.nii, .nii.gz, .nrrd, .mha) appear in one atomic rename. A two-file image (.mhd or
+.nhdr header plus its data file) takes two renames, data file first and header last: a crash between
+them can leave the data file alone, never a header whose data is missing or partial. Source files
+are never overwritten.
 """
 
 from __future__ import annotations
@@ -22,16 +25,18 @@ from typing import Any, Iterator
 import numpy as np
 import pydicom
 import SimpleITK as sitk
-from pydicom.errors import InvalidDicomError
 
 from ctdenoise.errors import CTDenoiseError
-from ctdenoise.io.dicom import NewSeries, derived_slice, new_ct_slice, new_series
+from ctdenoise.io.dicom import NewSeries, derived_slice, new_ct_slice, new_series, read_header
 from ctdenoise.io.readers import IMAGE_FORMATS, image_suffix, itk_reason, quiet_itk
 from ctdenoise.io.volume import Volume
 
 _INT16 = np.iinfo(np.int16)
 _GRID_TOLERANCE = 1e-3
-SUPPORTED_OUTPUTS = ".nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd, or a path without extension for a DICOM series folder"
+SUPPORTED_OUTPUTS = (
+    ".nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd, or for a DICOM series folder a path without extension or "
+    "ending in digits (a UID such as 1.2.840.113619)"
+)
 
 
 def validate_output_path(path: str | os.PathLike[str], *sources: Volume | None) -> Path:
@@ -57,18 +62,24 @@ def write_volume(
     *,
     reference: Volume | None = None,
     series_description: str | None = None,
+    created: list[Path] | None = None,
 ) -> Path:
     """Write ``volume`` to ``path`` and return the written path.
 
     The extension picks the format: .nii/.nii.gz/.nrrd/.nhdr/.mha/.mhd write one image with the
-    volume's spacing, origin and direction; a path without extension (or an existing empty folder)
-    becomes a DICOM series, one file per slice, explicit VR little endian, signed 16-bit, slope 1.
+    volume's spacing, origin and direction; a path without extension, one whose extension is all
+    digits (a UID-like folder name) or an existing empty folder becomes a DICOM series, one file per
+    slice, explicit VR little endian, signed 16-bit, slope 1.
 
     For DICOM, when ``reference`` (or else ``volume``) came from DICOM (``metadata["dicom_files"]``)
     each slice copies its source slice's header (patient, study, position and every other tag kept)
     and gets new SOP/Series UIDs, ImageType DERIVED\\SECONDARY, a new SeriesNumber (source + 1000)
     and ``series_description`` (default "<source description> (ctdenoise)"). Otherwise a minimal
     valid CT series is built from the geometry, in a new study unless ``metadata["study_uid"]`` says.
+
+    ``created``, when given, receives every path this call put in place (the image and its data
+    file; the series folder, or the files written into a folder that existed empty), so a caller
+    can undo the write exactly.
 
     Raises:
         CTDenoiseError: NaN/inf voxels, unsupported extension, non-empty DICOM folder, output equal to
@@ -79,9 +90,11 @@ def write_volume(
         raise CTDenoiseError(f"cannot write {target}: the volume has NaN or infinite voxels; fix them first")
     target.parent.mkdir(parents=True, exist_ok=True)
     if _is_dicom_output(target):
-        _write_dicom_series(volume, target, reference, series_description)
+        moved = _write_dicom_series(volume, target, reference, series_description)
     else:
-        _write_image(volume, target, _source_files((volume, reference)))
+        moved = _write_image(volume, target, _source_files((volume, reference)))
+    if created is not None:
+        created.extend(item.absolute() for item in moved)
     return target.absolute()
 
 
@@ -94,8 +107,8 @@ def storage_array(hu: np.ndarray) -> np.ndarray:
 
 
 def _is_dicom_output(target: Path) -> bool:
-    """True for a DICOM series folder target; refuses unknown extensions."""
-    if target.is_dir() or target.suffix == "":
+    """True for a DICOM series folder target (no extension, or all digits like a UID); refuses unknown ones."""
+    if target.is_dir() or target.suffix == "" or target.suffix[1:].isdigit():
         return True
     if image_suffix(target) not in IMAGE_FORMATS:
         raise CTDenoiseError(f"output {target} has the unsupported extension '{target.suffix}': use {SUPPORTED_OUTPUTS}")
@@ -132,8 +145,8 @@ def _staging(target: Path) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def _write_image(volume: Volume, target: Path, sources: set[str]) -> None:
-    """One image file (plus its data file for .mhd/.nhdr), moved into place when complete."""
+def _write_image(volume: Volume, target: Path, sources: set[str]) -> list[Path]:
+    """One image file (plus its data file for .mhd/.nhdr), moved into place when complete; returns both."""
     image = sitk.GetImageFromArray(storage_array(volume.array))
     image.SetSpacing([float(v) for v in volume.spacing])
     image.SetOrigin([float(v) for v in volume.origin])
@@ -149,6 +162,7 @@ def _write_image(volume: Volume, target: Path, sources: set[str]) -> None:
             _refuse_source(target.parent / item.name, sources)
         for item in written:
             os.replace(item, target.parent / item.name)
+    return [target.parent / item.name for item in written]
 
 
 def _dicom_stored(hu: np.ndarray) -> tuple[np.ndarray, int]:
@@ -165,8 +179,11 @@ def _dicom_stored(hu: np.ndarray) -> tuple[np.ndarray, int]:
     return (rounded - intercept).astype(np.int16), intercept
 
 
-def _write_dicom_series(volume: Volume, target: Path, reference: Volume | None, description: str | None) -> None:
-    """One DICOM file per slice in a staged folder, renamed to ``target`` when complete."""
+def _write_dicom_series(volume: Volume, target: Path, reference: Volume | None, description: str | None) -> list[Path]:
+    """One DICOM file per slice in a staged folder, renamed to ``target`` when complete.
+
+    Returns ``[target]``, or the slice files when ``target`` already existed as an empty folder.
+    """
     source = reference if reference is not None else volume
     files = list(source.metadata.get("dicom_files") or [])
     if files and len(files) != volume.shape[0]:
@@ -179,10 +196,11 @@ def _write_dicom_series(volume: Volume, target: Path, reference: Volume | None, 
     stored, intercept = _dicom_stored(volume.array)
     digits = max(4, len(str(volume.shape[0])))
     with _staging(target) as stage:
-        series = new_series(_read_source(files[0]) if files else None, source.metadata, description)
+        first = read_header(Path(files[0]), required=True) if files else None
+        series = new_series(first, source.metadata, description)
         for index in range(volume.shape[0]):
             if files:
-                header = _read_source(files[index])
+                header = read_header(Path(files[index]), required=True)
                 if (int(header.Rows), int(header.Columns)) != volume.shape[1:]:
                     raise CTDenoiseError(
                         f"cannot write {target}: slice size {volume.shape[1:]} differs from its DICOM source "
@@ -193,19 +211,12 @@ def _write_dicom_series(volume: Volume, target: Path, reference: Volume | None, 
                 dataset = _geometry_slice(volume, stored[index], intercept, series, index, source.metadata)
             dataset.save_as(stage / f"{index + 1:0{digits}d}.dcm", implicit_vr=False, little_endian=True,
                             enforce_file_format=True)
-        if target.is_dir():
+        existed = target.is_dir()
+        names = sorted(item.name for item in stage.iterdir())
+        if existed:
             target.rmdir()  # validated empty; rename cannot replace it on every platform
         os.replace(stage, target)
-
-
-def _read_source(name: str) -> pydicom.Dataset:
-    """A source slice's header, freshly read so it can be modified."""
-    try:
-        return pydicom.dcmread(name, stop_before_pixels=True)
-    except (OSError, InvalidDicomError) as exc:
-        raise CTDenoiseError(
-            f"cannot read the source DICOM file {name} ({exc}): keep the source series in place while writing"
-        ) from exc
+    return [target / name for name in names] if existed else [target]
 
 
 def _geometry_slice(

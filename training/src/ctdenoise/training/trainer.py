@@ -19,6 +19,7 @@ Output folder layout::
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import os
@@ -431,6 +432,7 @@ def train(
 
     from ctdenoise.data import StepDataset
 
+    config = copy.deepcopy(config)  # the caller's config stays as it was
     if max_steps is not None:
         config.train.max_steps = int(max_steps)
     out_dir = Path(out_dir)
