@@ -205,3 +205,16 @@ def test_simulated_low_dose_for_full_dose_only_series(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "cache" / "index.json").read_text())["simulation"]["dose"] == 0.25
     again = prepare_cache(records, tmp_path / "cache2", simulate_dose=0.25, seed=7)
     assert np.array_equal(again.array(again.pairs("train")[0][1]), cache.array(low))  # seeded per volume
+
+
+def test_seed_layout_simulation_uses_the_given_pixel_spacing(tmp_path: Path) -> None:
+    _seed_tree(tmp_path / "seed", [_hu(p)[96:224, 96:352] for p in ABDOMEN[:2]])
+    records = [r for r in discover_dataset(tmp_path / "seed") if r.dose == "full"]
+    with pytest.raises(CTDenoiseError, match="seed pixel spacing must be a positive"):
+        prepare_cache(records, tmp_path / "bad", simulate_dose=0.25, seed_pixel_spacing_mm=0)
+    lows = {}
+    for spacing in (0.7, 2.0):
+        cache = prepare_cache(records, tmp_path / f"c{spacing}", simulate_dose=0.25, seed=1, seed_pixel_spacing_mm=spacing)
+        assert cache.info["simulation"]["seed_pixel_spacing_mm"] == spacing
+        lows[spacing] = np.asarray(cache.array(cache.volumes(dose="low")[0]), dtype=np.float32)
+    assert not np.array_equal(lows[0.7], lows[2.0])

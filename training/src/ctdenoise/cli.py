@@ -96,6 +96,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
             args.out,
             simulate_dose=args.simulate_dose,
             seed=args.seed,
+            seed_pixel_spacing_mm=args.seed_pixel_spacing,
             overwrite=args.overwrite,
             progress=progress,
         )
@@ -383,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--low", default=None, help="folder of low-dose volumes paired by name with SOURCE's full-dose volumes (generic layout)")
     p.add_argument("--low-dose-fraction", type=float, default=0.25, help="dose fraction of --low volumes (default 0.25)")
     p.add_argument("--simulate-dose", type=float, default=None, help="simulate this dose fraction for full-dose scans without a low-dose partner")
+    p.add_argument("--seed-pixel-spacing", type=float, default=0.7, help="pixel size in mm assumed for seed-layout .npy slices when simulating (default 0.7)")
     p.add_argument("--thickness", type=float, default=None, help="keep only this slice thickness in mm (AAPM: 1 or 3)")
     p.add_argument("--kernel", default=None, help="keep only this reconstruction kernel (AAPM: B30 or D45)")
     p.add_argument("--val-patients", nargs="*", default=None, help="patients held out for validation (default: a fraction chosen by seed)")
