@@ -61,12 +61,13 @@ def generator_total_loss(
     idt_q: torch.Tensor,
     lambda_cycle: float = 10.0,
     lambda_identity: float = 5.0,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Combine the six scalar generator terms into L_G.
 
     Returns:
-        ``(total, terms)``: the differentiable total and a dictionary of floats with the keys of
-        :data:`LOSS_TERMS` plus ``total``, for logging.
+        ``(total, terms)``: the differentiable total and a dictionary of detached scalar tensors
+        with the keys of :data:`LOSS_TERMS` plus ``total``, for logging (kept on the device so a
+        training step does not wait for the GPU; convert with ``float()`` when logging).
 
     Raises:
         CTDenoiseError: a negative weight.
@@ -77,6 +78,6 @@ def generator_total_loss(
         )
     total = (adv_f + adv_q) + lambda_cycle * (cyc_f + cyc_q) + lambda_identity * (idt_f + idt_q)
     values = (adv_f, adv_q, cyc_f, cyc_q, idt_f, idt_q)
-    terms = {name: float(value.detach()) for name, value in zip(LOSS_TERMS, values)}
-    terms["total"] = float(total.detach())
+    terms = {name: value.detach() for name, value in zip(LOSS_TERMS, values)}
+    terms["total"] = total.detach()
     return total, terms

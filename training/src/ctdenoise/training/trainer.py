@@ -297,8 +297,8 @@ class Trainer:
             g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
 
-    def train_step(self, real_f: torch.Tensor, real_q: torch.Tensor) -> dict[str, float]:
-        """One generator update then one discriminator update; returns the loss terms."""
+    def train_step(self, real_f: torch.Tensor, real_q: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One generator update then one discriminator update; returns the loss terms (detached scalars)."""
         from ctdenoise.losses import cycle_loss, discriminator_loss, generator_adversarial_loss, generator_total_loss, identity_loss
 
         lc = self.config.loss
@@ -338,12 +338,7 @@ class Trainer:
         for sched in (self.sched_g, self.sched_d):
             if sched is not None:
                 sched.step()
-        return {
-            **{k: float(v) for k, v in terms.items()},
-            "total": total.item(),
-            "loss_D_F": loss_d_f.item(),
-            "loss_D_Q": loss_d_q.item(),
-        }
+        return {**terms, "loss_D_F": loss_d_f.detach(), "loss_D_Q": loss_d_q.detach()}
 
     def check_replicas_in_sync(self) -> None:
         """Under torchrun: verify every process holds the same weights (gradients were averaged)."""
@@ -475,6 +470,7 @@ def train(
                 now = time.perf_counter()
                 rate = (step - last_log[0]) / max(now - last_log[1], 1e-9)
                 last_log = (step, now)
+                losses = {key: float(value) for key, value in losses.items()}  # the only device sync
                 for key, value in losses.items():
                     writer.add_scalar(f"loss/{key}", value, step)
                 writer.add_scalar("lr/generators", trainer.opt_g.param_groups[0]["lr"], step)
