@@ -212,6 +212,40 @@ def test_discriminator_receptive_field_is_70() -> None:
     assert (cols.min().item(), cols.max().item()) == (24, 24 + 69)
 
 
+def test_discriminator_options_keep_the_seed_keys_and_parameters() -> None:
+    seed = build_discriminator()
+    variant = build_discriminator(norm="none", highpass_sigma=1.0)
+    assert sorted(variant.state_dict()) == sorted(seed.state_dict())
+    assert count_parameters(variant) == count_parameters(seed)
+    assert not any(isinstance(m, nn.InstanceNorm2d) for m in variant.modules())
+    variant.load_state_dict(seed.state_dict())
+
+
+def test_highpass_discriminator_ignores_smooth_content() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 96, 96)
+    yy, xx = torch.meshgrid(torch.arange(96.0), torch.arange(96.0), indexing="ij")
+    offset = (0.7 + 0.0 * yy)[None, None]
+    with torch.no_grad():
+        highpass = build_discriminator(norm="none", highpass_sigma=1.0)
+        assert torch.allclose(highpass(x + offset), highpass(x), atol=1e-5)
+        plain = build_discriminator(norm="none")
+        assert not torch.allclose(plain(x + offset), plain(x), atol=1e-3)
+        # a smooth ramp is removed only approximately (the blur of a line is the line, away from the border)
+        ramp = (xx / 96.0)[None, None]
+        assert (highpass(x + ramp) - highpass(x)).abs().max() < 0.05 * highpass(x).abs().max()
+
+
+def test_discriminator_option_errors_are_one_line() -> None:
+    with pytest.raises(CTDenoiseError, match="norm 'batch' is unknown: use one of instance, none"):
+        build_discriminator(norm="batch")
+    for bad in (-1.0, float("nan"), "1", True):
+        with pytest.raises(CTDenoiseError, match="highpass_sigma must be a number >= 0"):
+            build_discriminator(highpass_sigma=bad)
+    with pytest.raises(CTDenoiseError, match="ndf=0"):
+        build_discriminator(ndf=0)
+
+
 def test_init_weights_matches_the_seed() -> None:
     model = init_weights(SeedGenerator(), std=0.02)
     weight = model.res_layers[0].res_block[1].weight
@@ -227,7 +261,7 @@ def test_build_errors_name_the_choices() -> None:
         build_generator("seed", n_downsampling=3)
     with pytest.raises(CTDenoiseError, match="ngf=0"):
         build_generator("fast", ngf=0)
-    with pytest.raises(CTDenoiseError, match="valid options are \\['in_channels', 'ndf'\\]"):
+    with pytest.raises(CTDenoiseError, match="valid options are \\['in_channels', 'ndf', 'norm', 'highpass_sigma'\\]"):
         build_discriminator(ngf=64)
     with pytest.raises(CTDenoiseError, match="global residual"):
         build_generator("seed", out_channels=2)

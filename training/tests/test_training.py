@@ -151,6 +151,21 @@ def test_training_changes_weights_and_lr_follows_schedule(tmp_path: Path, cache_
     assert trainer.opt_d.param_groups[0]["lr"] == pytest.approx(2e-4)  # the seed decays generators only
 
 
+def test_discriminator_options_reach_the_trainer(tmp_path: Path, cache_dir: Path) -> None:
+    config = load_config(_config(tmp_path, cache_dir, max_steps=2, val_every=0, image_pool=0))
+    config.model.discriminator_args.update(norm="none", highpass_sigma=1.0)
+    from ctdenoise.training import Trainer
+
+    trainer = Trainer(config, tmp_path / "run")
+    assert trainer.d_f.highpass_sigma == 1.0
+    assert not any(isinstance(m, torch.nn.InstanceNorm2d) for m in trainer.d_q.modules())
+    before = {k: v.clone() for k, v in trainer.d_f.state_dict().items()}
+    full, low = trainer.sampler.batch(0)
+    losses = trainer.train_step(trainer.normalization.normalize(torch.from_numpy(full)), trainer.normalization.normalize(torch.from_numpy(low)))
+    assert np.isfinite(float(losses["loss_D_F"]))
+    assert any(not torch.equal(before[k], v) for k, v in trainer.d_f.state_dict().items())
+
+
 def test_existing_run_needs_resume_and_resume_needs_a_run(tmp_path: Path, cache_dir: Path) -> None:
     config_path = _config(tmp_path, cache_dir, max_steps=2, val_every=0)
     out = tmp_path / "run"

@@ -226,12 +226,19 @@ GENERATOR_PRESETS: dict[str, dict[str, Any]] = {
 
 
 def validate_kwargs(owner: str, cls: type[nn.Module], kwargs: dict[str, Any]) -> None:
-    """Raise a one-line error for an unknown constructor argument or a value that is not an integer >= its minimum."""
-    valid = [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
+    """Raise a one-line error for an unknown constructor argument or an integer option below its minimum.
+
+    Options whose default is not an integer are left to the constructor to check.
+    """
+    parameters = {name: p for name, p in inspect.signature(cls.__init__).parameters.items() if name != "self"}
+    valid = list(parameters)
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
         raise CTDenoiseError(f"unknown {owner} option(s) {unknown}: valid options are {valid}")
     for name, value in kwargs.items():
+        default = parameters[name].default
+        if isinstance(default, bool) or not isinstance(default, int):
+            continue
         minimum = 0 if name in ("n_res_blocks", "n_downsampling") else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise CTDenoiseError(f"{owner} option {name}={value!r} is invalid: pass an integer >= {minimum}")

@@ -38,7 +38,7 @@ class DataConfig:
 class ModelConfig:
     generator: str = _doc("Generator preset: 'fast' (downsampling ResNet) or 'seed' (the seed project's exact generator).", default="fast")
     generator_args: dict = _doc("Overrides of the preset's arguments, e.g. {ngf: 32, n_res_blocks: 6}.", default_factory=dict)
-    discriminator_args: dict = _doc("Overrides of the PatchGAN discriminator's arguments, e.g. {ndf: 64}.", default_factory=dict)
+    discriminator_args: dict = _doc("Overrides of the PatchGAN discriminator's arguments: ndf (width), norm ('instance', the seed's, or 'none') and highpass_sigma (0: off; > 0: judge the input minus its Gaussian blur), e.g. {norm: none, highpass_sigma: 1.0}.", default_factory=dict)
 
 
 @dataclass
