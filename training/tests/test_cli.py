@@ -109,23 +109,24 @@ def ordered_series(dicom_series_dir: Path) -> list[Path]:
     return sorted(files, key=lambda p: float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))
 
 
-@pytest.fixture(scope="module")
-def dicom2(work: Path, ordered_series: list[Path]) -> Path:
-    """Two consecutive 512x512 slices of the real series in their own folder."""
-    folder = work / "dicom2"
+def _copy_files(files: list[Path], folder: Path) -> Path:
+    """Copy ``files`` into the new folder ``folder`` and return it."""
     folder.mkdir()
-    for source in ordered_series[9:11]:
+    for source in files:
         shutil.copy(source, folder / source.name)
     return folder
 
 
 @pytest.fixture(scope="module")
+def dicom2(work: Path, ordered_series: list[Path]) -> Path:
+    """Two consecutive 512x512 slices of the real series in their own folder."""
+    return _copy_files(ordered_series[9:11], work / "dicom2")
+
+
+@pytest.fixture(scope="module")
 def small_nii(work: Path, ordered_series: list[Path]) -> Path:
     """Three real slices cropped to the central 128x128 voxels, as .nii.gz (int16 HU)."""
-    folder = work / "dicom3"
-    folder.mkdir()
-    for source in ordered_series[9:12]:
-        shutil.copy(source, folder / source.name)
+    folder = _copy_files(ordered_series[9:12], work / "dicom3")
     return write_volume(_crop(read_volume(folder), slice(0, 3), 192, 192, 128), work / "small.nii.gz")
 
 
