@@ -18,6 +18,7 @@ def test_defaults_follow_the_seed_method() -> None:
     assert (c.data.patch_size, c.data.batch_size) == (128, 4)
     assert c.optim.schedule == "step" and c.optim.gamma == 0.95
     assert c.train.image_pool == 0
+    assert c.model.generator_init == "seed"
 
 
 def test_documented_defaults_round_trip_and_document_every_field() -> None:
@@ -39,6 +40,7 @@ def test_documented_defaults_round_trip_and_document_every_field() -> None:
         ({"optim": {"schedule": "cosine"}}, "optim.schedule"),
         ({"optim": {"schedule": "linear"}}, "decay_steps"),
         ({"train": {"amp": "fp8"}}, "train.amp"),
+        ({"model": {"generator_init": "zeros"}}, "model.generator_init must be one of seed, identity"),
         ({"normalization": {"scale": 0}}, "scale"),
         ({"data": []}, "section data must be a mapping"),
     ],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from ctdenoise.networks import (
     init_weights,
     model_summary_rows,
     receptive_field,
+    zero_residual,
 )
 from ctdenoise.normalization import HUNormalization
 
@@ -79,15 +81,6 @@ def fast_generator() -> FastGenerator:
     return build_generator("fast")
 
 
-def _zero_last_conv(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose final 7x7 convolution outputs exactly zero."""
-    model = copy.deepcopy(model)
-    last = [m for m in model.modules() if isinstance(m, nn.Conv2d)][-1]
-    with torch.no_grad():
-        last.weight.zero_()
-        last.bias.zero_()
-    return model
-
 
 def test_seed_generator_state_dict_keys_match_the_seed(seed_generator: SeedGenerator) -> None:
     assert sorted(seed_generator.state_dict()) == SEED_KEYS
@@ -124,7 +117,7 @@ def test_generator_keeps_shape(preset: str, size: tuple[int, int]) -> None:
 
 @pytest.mark.parametrize("preset", ["seed", "fast"])
 def test_global_residual_makes_a_zeroed_last_conv_the_identity(preset: str) -> None:
-    model = _zero_last_conv(build_generator(preset, ngf=8, n_res_blocks=1))
+    model = zero_residual(build_generator(preset, ngf=8, n_res_blocks=1))
     x = torch.randn(1, 1, 45, 62)
     with torch.no_grad():
         assert torch.equal(model(x), x)
@@ -137,7 +130,7 @@ def test_fast_generator_on_a_real_ct_slice(fast_generator: FastGenerator) -> Non
     x = torch.from_numpy(norm.normalize(hu))[None, None]
     with torch.no_grad():
         y = fast_generator(x)
-        identity = _zero_last_conv(fast_generator)(x)
+        identity = zero_residual(copy.deepcopy(fast_generator))(x)
     assert y.shape == x.shape == (1, 1, 101, 122)
     assert torch.isfinite(y).all()
     assert not torch.equal(y, x)
@@ -236,6 +229,21 @@ def test_highpass_discriminator_ignores_smooth_content() -> None:
         assert (highpass(x + ramp) - highpass(x)).abs().max() < 0.05 * highpass(x).abs().max()
 
 
+def test_energy_discriminator_sees_noise_level_as_an_offset() -> None:
+    torch.manual_seed(0)
+    model = build_discriminator(norm="none", highpass_sigma=1.0, energy_sigma=2.0)
+    assert sorted(model.state_dict()) == sorted(build_discriminator().state_dict())
+    seen: list[torch.Tensor] = []
+    model.discriminator[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    noise = 0.02 * torch.randn(1, 1, 80, 80)  # 20 HU at the default scale
+    with torch.no_grad():
+        model(noise + 0.3)
+        model(2 * noise + 0.3)  # twice the noise: quarter dose against full dose
+    shift = seen[1] - seen[0]
+    assert torch.allclose(shift, torch.full_like(shift, math.log(4.0)), atol=0.01)
+    assert abs(float(seen[0].mean())) < 1.5  # 20 HU noise lands near 0
+
+
 def test_discriminator_option_errors_are_one_line() -> None:
     with pytest.raises(CTDenoiseError, match="norm 'batch' is unknown: use one of instance, none"):
         build_discriminator(norm="batch")
@@ -244,6 +252,45 @@ def test_discriminator_option_errors_are_one_line() -> None:
             build_discriminator(highpass_sigma=bad)
     with pytest.raises(CTDenoiseError, match="ndf=0"):
         build_discriminator(ndf=0)
+    with pytest.raises(CTDenoiseError, match="energy_sigma needs highpass_sigma > 0"):
+        build_discriminator(energy_sigma=2.0)
+    with pytest.raises(CTDenoiseError, match="energy_sigma must be a number >= 0"):
+        build_discriminator(highpass_sigma=1.0, energy_sigma=-1.0)
+
+
+def test_long_skip_adds_the_head_features_without_new_weights() -> None:
+    torch.manual_seed(0)
+    plain = build_generator("fast", ngf=8, n_res_blocks=1)
+    skip = build_generator("fast", ngf=8, n_res_blocks=1, long_skip=True)
+    assert sorted(skip.state_dict()) == sorted(plain.state_dict())
+    skip.load_state_dict(plain.state_dict())
+    x = torch.randn(1, 1, 45, 62)
+    with torch.no_grad():
+        head = plain.head(torch.nn.functional.pad(x, (0, 2, 0, 3), mode="reflect"))
+        up = plain.up(plain.res_layers(plain.down(head)))
+        expected = plain.tail(up + head)[..., :45, :62] + x
+        assert torch.allclose(skip(x), expected, atol=1e-6)
+        assert not torch.allclose(skip(x), plain(x), atol=1e-4)
+    with pytest.raises(CTDenoiseError, match="long_skip='yes' is invalid: pass true or false"):
+        build_generator("fast", long_skip="yes")
+
+
+def test_highpass_residual_cannot_shift_the_mean() -> None:
+    torch.manual_seed(0)
+    model = build_generator("fast", ngf=8, n_res_blocks=1, residual_highpass_sigma=2.0)
+    last = [m for m in model.modules() if isinstance(m, nn.Conv2d)][-1]
+    x = torch.randn(1, 1, 64, 80)
+    with torch.no_grad():
+        assert abs(float((model(x) - x).mean())) < 0.02 * float((model(x) - x).abs().mean())
+        last.weight.zero_()
+        last.bias.fill_(1.0)  # the residual branch now outputs the constant tanh(1) = 0.76
+        assert torch.allclose(model(x), x, atol=1e-3)
+        plain = build_generator("fast", ngf=8, n_res_blocks=1)
+        plain.load_state_dict(model.state_dict())
+        assert torch.allclose(plain(x) - x, torch.full_like(x, float(torch.tanh(torch.tensor(1.0)))), atol=1e-6)
+    for bad in (-1.0, float("inf"), "2", True):
+        with pytest.raises(CTDenoiseError, match="residual_highpass_sigma=.* is invalid: pass a number >= 0"):
+            build_generator("fast", residual_highpass_sigma=bad)
 
 
 def test_init_weights_matches_the_seed() -> None:
@@ -261,7 +308,7 @@ def test_build_errors_name_the_choices() -> None:
         build_generator("seed", n_downsampling=3)
     with pytest.raises(CTDenoiseError, match="ngf=0"):
         build_generator("fast", ngf=0)
-    with pytest.raises(CTDenoiseError, match="valid options are \\['in_channels', 'ndf', 'norm', 'highpass_sigma'\\]"):
+    with pytest.raises(CTDenoiseError, match="valid options are \\['in_channels', 'ndf', 'norm', 'highpass_sigma', 'energy_sigma'\\]"):
         build_discriminator(ngf=64)
     with pytest.raises(CTDenoiseError, match="global residual"):
         build_generator("seed", out_channels=2)

@@ -166,6 +166,21 @@ def test_discriminator_options_reach_the_trainer(tmp_path: Path, cache_dir: Path
     assert any(not torch.equal(before[k], v) for k, v in trainer.d_f.state_dict().items())
 
 
+def test_identity_init_starts_both_generators_as_the_identity(tmp_path: Path, cache_dir: Path) -> None:
+    config = load_config(_config(tmp_path, cache_dir, max_steps=2, val_every=0, image_pool=0))
+    config.model.generator_init = "identity"
+    from ctdenoise.training import Trainer
+
+    trainer = Trainer(config, tmp_path / "run")
+    full, low = trainer.sampler.batch(0)
+    x = trainer.normalization.normalize(torch.from_numpy(low))
+    with torch.no_grad():
+        assert torch.equal(trainer.g_q2f(x), x) and torch.equal(trainer.g_f2q(x), x)
+    trainer.train_step(trainer.normalization.normalize(torch.from_numpy(full)), x)
+    with torch.no_grad():
+        assert not torch.equal(trainer.g_q2f(x), x)  # the zeroed layer still learns
+
+
 def test_existing_run_needs_resume_and_resume_needs_a_run(tmp_path: Path, cache_dir: Path) -> None:
     config_path = _config(tmp_path, cache_dir, max_steps=2, val_every=0)
     out = tmp_path / "run"

@@ -10,6 +10,7 @@ from ctdenoise.networks.generators import (
     SeedGenerator,
     build_generator,
     init_weights,
+    zero_residual,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "init_weights",
     "model_summary_rows",
     "receptive_field",
+    "zero_residual",
 ]

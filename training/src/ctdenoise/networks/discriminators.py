@@ -14,6 +14,12 @@ from ctdenoise.networks.generators import init_weights, validate_kwargs
 NORMS = ("instance", "none")
 """Discriminator normalisations: the seed's instance norm, or none."""
 
+ENERGY_EPS = 1e-6
+"""Added to the local energy before the log: (1 HU)^2 at the default scale of 1000 HU per unit."""
+
+ENERGY_OFFSET = 7.0
+"""Added after the log, so that 20-50 HU noise maps near 0 and a bias-free network starts at outputs of order 1."""
+
 RECEPTIVE_FIELD = 70
 """Side in pixels of the input window that one output score sees; also the smallest input side."""
 
@@ -34,26 +40,41 @@ class PatchDiscriminator(nn.Module):
       blur (sigma in pixels, reflect padding), so that edges and flat regions no longer dominate.
       The blur widens each score's input window by 2 x round(4 sigma) pixels.
 
+    - ``energy_sigma > 0`` (needs ``highpass_sigma > 0``) feeds ``log(G_energy * hp(x)^2 + eps)
+      + offset`` instead: the local high-frequency energy on a log scale, so a noise level becomes
+      an additive offset the first convolution reads directly.
+
     A discriminator-only probe judged simulated quarter dose against full dose on patches of one
-    abdomen series. The seed version stayed at chance after 1000 steps; with both options it was
-    right 95% of the time by step 400.
+    abdomen series. The seed version stayed at chance after 1000 steps; with ``norm="none"`` and
+    ``highpass_sigma=1`` it was right 95% of the time by step 400. On the 24 training slices of
+    the bundled model (80x80 patches) that version hovered at 52-62% over 400 steps, while
+    ``energy_sigma=2`` reached 75% by step 50.
     """
 
-    def __init__(self, in_channels: int = 1, ndf: int = 64, norm: str = "instance", highpass_sigma: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        ndf: int = 64,
+        norm: str = "instance",
+        highpass_sigma: float = 0.0,
+        energy_sigma: float = 0.0,
+    ) -> None:
         super().__init__()
         if norm not in NORMS:
             raise CTDenoiseError(f"discriminator norm {norm!r} is unknown: use one of {', '.join(NORMS)}")
-        if isinstance(highpass_sigma, bool) or not isinstance(highpass_sigma, (int, float)) or not (
-            math.isfinite(highpass_sigma) and highpass_sigma >= 0
-        ):
-            raise CTDenoiseError(f"discriminator highpass_sigma must be a number >= 0 (0: off), got {highpass_sigma}")
+        for name, value in (("highpass_sigma", highpass_sigma), ("energy_sigma", energy_sigma)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+                raise CTDenoiseError(f"discriminator {name} must be a number >= 0 (0: off), got {value}")
+        if energy_sigma > 0 and not highpass_sigma > 0:
+            raise CTDenoiseError("discriminator energy_sigma needs highpass_sigma > 0: the energy is that of the high-pass image")
         self.in_channels = in_channels
         self.highpass_sigma = float(highpass_sigma)
-        if self.highpass_sigma > 0:
-            from monai.networks.layers.convutils import gaussian_1d
+        self.energy_sigma = float(energy_sigma)
+        from monai.networks.layers.convutils import gaussian_1d
 
-            kernel = gaussian_1d(torch.tensor(self.highpass_sigma), truncated=4.0).float()
-            self.register_buffer("blur_kernel", kernel, persistent=False)
+        for name, sigma in (("blur_kernel", self.highpass_sigma), ("energy_kernel", self.energy_sigma)):
+            if sigma > 0:
+                self.register_buffer(name, gaussian_1d(torch.tensor(sigma), truncated=4.0).float(), persistent=False)
 
         def normalization(channels: int) -> nn.Module:
             return nn.InstanceNorm2d(channels) if norm == "instance" else nn.Identity()
@@ -84,6 +105,9 @@ class PatchDiscriminator(nn.Module):
             from monai.networks.layers.simplelayers import separable_filtering
 
             x = x - separable_filtering(x, [self.blur_kernel, self.blur_kernel], mode="reflect")
+            if self.energy_sigma > 0:
+                energy = separable_filtering(x * x, [self.energy_kernel, self.energy_kernel], mode="reflect")
+                x = torch.log(energy + ENERGY_EPS) + ENERGY_OFFSET
         return self.discriminator(x)
 
 

@@ -18,6 +18,9 @@ import yaml
 from ctdenoise.errors import CTDenoiseError
 from ctdenoise.normalization import HUNormalization
 
+GENERATOR_INITS = ("seed", "identity")
+"""Generator initialisations: the seed's N(0, 0.02), or that with the last convolution zeroed."""
+
 
 def _doc(text: str, **kwargs: Any) -> Any:
     """A dataclass field carrying its documentation in ``metadata['doc']``."""
@@ -38,7 +41,8 @@ class DataConfig:
 class ModelConfig:
     generator: str = _doc("Generator preset: 'fast' (downsampling ResNet) or 'seed' (the seed project's exact generator).", default="fast")
     generator_args: dict = _doc("Overrides of the preset's arguments, e.g. {ngf: 32, n_res_blocks: 6}.", default_factory=dict)
-    discriminator_args: dict = _doc("Overrides of the PatchGAN discriminator's arguments: ndf (width), norm ('instance', the seed's, or 'none') and highpass_sigma (0: off; > 0: judge the input minus its Gaussian blur), e.g. {norm: none, highpass_sigma: 1.0}.", default_factory=dict)
+    generator_init: str = _doc("Generator initialisation: 'seed' (all weights ~ N(0, 0.02), as the seed) or 'identity' (the same, then the last convolution zeroed, so each generator starts as the identity and no steps go into learning to copy the input).", default="seed")
+    discriminator_args: dict = _doc("Overrides of the PatchGAN discriminator's arguments: ndf (width), norm ('instance', the seed's, or 'none') and highpass_sigma (0: off; > 0: judge the input minus its Gaussian blur) and energy_sigma (0: off; > 0: judge the log of that high-pass image's local energy, averaged over a Gaussian of this sigma), e.g. {norm: none, highpass_sigma: 1.0, energy_sigma: 2.0}.", default_factory=dict)
 
 
 @dataclass
@@ -148,6 +152,7 @@ def validate(config: Config) -> Config:
         (c.data.batch_size >= 1, "data.batch_size must be at least 1"),
         (c.data.num_workers >= 0, "data.num_workers must be 0 or more"),
         (0.0 <= c.data.min_body_fraction <= 1.0, "data.min_body_fraction must be in [0, 1]"),
+        (c.model.generator_init in GENERATOR_INITS, f"model.generator_init must be one of {', '.join(GENERATOR_INITS)}"),
         (c.optim.lr > 0, "optim.lr must be positive"),
         (len(c.optim.betas) == 2 and all(0 <= b < 1 for b in c.optim.betas), "optim.betas must be two numbers in [0, 1)"),
         (c.optim.schedule in ("step", "linear", "constant"), "optim.schedule must be 'step', 'linear' or 'constant'"),

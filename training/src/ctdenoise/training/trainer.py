@@ -123,7 +123,7 @@ class Trainer:
 
     def __init__(self, config: Config, out_dir: Path, *, resume: bool = False) -> None:
         from ctdenoise.data import UnpairedPatchSampler, load_cache, paired_validation_slices
-        from ctdenoise.networks import build_discriminator, build_generator
+        from ctdenoise.networks import build_discriminator, build_generator, zero_residual
 
         self.config = config
         self.out_dir = Path(out_dir)
@@ -163,6 +163,9 @@ class Trainer:
         preset, gargs = config.model.generator, dict(config.model.generator_args)
         self.g_f2q = build_generator(preset, **gargs)
         self.g_q2f = build_generator(preset, **gargs)
+        if config.model.generator_init == "identity":
+            zero_residual(self.g_f2q)
+            zero_residual(self.g_q2f)
         self.d_f = build_discriminator(**config.model.discriminator_args)
         self.d_q = build_discriminator(**config.model.discriminator_args)
         for net in self.networks.values():  # the builders initialise weights N(0, 0.02) as the seed
