@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import nn
 
 from ctdenoise.errors import CTDenoiseError
+from ctdenoise.networks.filters import blur, check_sigma, gaussian_kernel
 from ctdenoise.networks.generators import init_weights, validate_kwargs
 
 NORMS = ("instance", "none")
@@ -62,19 +62,16 @@ class PatchDiscriminator(nn.Module):
         super().__init__()
         if norm not in NORMS:
             raise CTDenoiseError(f"discriminator norm {norm!r} is unknown: use one of {', '.join(NORMS)}")
-        for name, value in (("highpass_sigma", highpass_sigma), ("energy_sigma", energy_sigma)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
-                raise CTDenoiseError(f"discriminator {name} must be a number >= 0 (0: off), got {value}")
+        highpass_sigma = check_sigma("discriminator", "highpass_sigma", highpass_sigma)
+        energy_sigma = check_sigma("discriminator", "energy_sigma", energy_sigma)
         if energy_sigma > 0 and not highpass_sigma > 0:
             raise CTDenoiseError("discriminator energy_sigma needs highpass_sigma > 0: the energy is that of the high-pass image")
         self.in_channels = in_channels
-        self.highpass_sigma = float(highpass_sigma)
-        self.energy_sigma = float(energy_sigma)
-        from monai.networks.layers.convutils import gaussian_1d
-
-        for name, sigma in (("blur_kernel", self.highpass_sigma), ("energy_kernel", self.energy_sigma)):
+        self.highpass_sigma = highpass_sigma
+        self.energy_sigma = energy_sigma
+        for name, sigma in (("blur_kernel", highpass_sigma), ("energy_kernel", energy_sigma)):
             if sigma > 0:
-                self.register_buffer(name, gaussian_1d(torch.tensor(sigma), truncated=4.0).float(), persistent=False)
+                self.register_buffer(name, gaussian_kernel(sigma), persistent=False)
 
         def normalization(channels: int) -> nn.Module:
             return nn.InstanceNorm2d(channels) if norm == "instance" else nn.Identity()
@@ -102,12 +99,9 @@ class PatchDiscriminator(nn.Module):
                 f"with H and W at least {RECEPTIVE_FIELD}"
             )
         if self.highpass_sigma > 0:
-            from monai.networks.layers.simplelayers import separable_filtering
-
-            x = x - separable_filtering(x, [self.blur_kernel, self.blur_kernel], mode="reflect")
+            x = x - blur(x, self.blur_kernel)
             if self.energy_sigma > 0:
-                energy = separable_filtering(x * x, [self.energy_kernel, self.energy_kernel], mode="reflect")
-                x = torch.log(energy + ENERGY_EPS) + ENERGY_OFFSET
+                x = torch.log(blur(x * x, self.energy_kernel) + ENERGY_EPS) + ENERGY_OFFSET
         return self.discriminator(x)
 
 

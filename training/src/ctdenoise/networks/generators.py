@@ -8,7 +8,6 @@ the identity. Instance norm is never affine (as in the seed).
 from __future__ import annotations
 
 import inspect
-import math
 from typing import Any
 
 import torch
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctdenoise.errors import CTDenoiseError
+from ctdenoise.networks.filters import blur, check_sigma, gaussian_kernel
 
 MIN_SIZE = 4
 """Smallest height and width a generator accepts (its 7x7 reflection padding needs 4 pixels)."""
@@ -204,20 +204,11 @@ class FastGenerator(nn.Module):
         _check_channels(in_channels, out_channels)
         if not isinstance(long_skip, bool):
             raise CTDenoiseError(f"'fast' generator option long_skip={long_skip!r} is invalid: pass true or false")
-        if isinstance(residual_highpass_sigma, bool) or not isinstance(residual_highpass_sigma, (int, float)) or not (
-            math.isfinite(residual_highpass_sigma) and residual_highpass_sigma >= 0
-        ):
-            raise CTDenoiseError(
-                f"'fast' generator option residual_highpass_sigma={residual_highpass_sigma!r} is invalid: pass a number >= 0 (0: off)"
-            )
         self.in_channels = in_channels
         self.long_skip = long_skip
-        self.residual_highpass_sigma = float(residual_highpass_sigma)
+        self.residual_highpass_sigma = check_sigma("'fast' generator", "residual_highpass_sigma", residual_highpass_sigma)
         if self.residual_highpass_sigma > 0:
-            from monai.networks.layers.convutils import gaussian_1d
-
-            kernel = gaussian_1d(torch.tensor(self.residual_highpass_sigma), truncated=4.0).float()
-            self.register_buffer("blur_kernel", kernel, persistent=False)
+            self.register_buffer("blur_kernel", gaussian_kernel(self.residual_highpass_sigma), persistent=False)
         self.multiple = 2**n_downsampling
         self.head = nn.Sequential(
             nn.ReflectionPad2d(3),
@@ -262,9 +253,7 @@ class FastGenerator(nn.Module):
         h = self.up(self.res_layers(self.down(head)))
         h = self.tail(h + head if self.long_skip else h)[..., :height, :width]
         if self.residual_highpass_sigma > 0:
-            from monai.networks.layers.simplelayers import separable_filtering
-
-            h = h - separable_filtering(h, [self.blur_kernel, self.blur_kernel], mode="reflect")
+            h = h - blur(h, self.blur_kernel)
         return h + x
 
 
