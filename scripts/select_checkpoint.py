@@ -24,12 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ctdenoise.checkpoints import ModelCheckpoint, load_torch_safely
+from ctdenoise.checkpoints import ModelCheckpoint, load_checkpoint, load_torch_safely
 from ctdenoise.data import load_cache, paired_validation_slices
 from ctdenoise.errors import CTDenoiseError
 from ctdenoise.inference import denoise_array
-from ctdenoise.networks import build_generator
-from ctdenoise.normalization import HUNormalization
 
 SPIKE_HU = 300.0
 MAX_SPIKES_PER_MILLION = 1.0
@@ -43,13 +41,8 @@ def window_rmse(image: np.ndarray, full: np.ndarray) -> float:
     return float(np.sqrt((error[body] ** 2).mean()))
 
 
-def score(state: dict, full: np.ndarray, low: np.ndarray) -> tuple[int, float]:
-    """(spike count, soft-tissue-window RMSE in HU) of a state's G_Q2F on aligned training slices."""
-    config = state["config"]["model"]
-    generator = build_generator(config["generator"], **config["generator_args"])
-    generator.load_state_dict(state["models"]["G_Q2F"])
-    normalization = HUNormalization(**state["config"]["normalization"])
-    model = ModelCheckpoint(generator, normalization, state["model_metadata"], Path("state"))
+def score(model: ModelCheckpoint, full: np.ndarray, low: np.ndarray) -> tuple[int, float]:
+    """(spike count, soft-tissue-window RMSE in HU) of a model on aligned training slices."""
     denoised = denoise_array(low, model, device="cpu", batch_size=4)
     return int((np.abs(denoised - low) > SPIKE_HU).sum()), window_rmse(denoised, full)
 
@@ -75,11 +68,12 @@ def main() -> int:
         print(f"{len(pairs)} training slices; low-dose input: soft-tissue RMSE {window_rmse(low, full):.2f} HU")
         print("step  spikes>300HU  soft-tissue RMSE (HU)")
         for path in states:
-            state = load_torch_safely(path)
-            if state.get("metrics", {}).get("step") != state["step"]:
+            model = load_checkpoint(path)
+            step = model.metadata["training"]["steps"]
+            if model.metadata.get("metrics", {}).get("step") != step:
                 continue  # not validated at this step: its model card would have no figures
-            spikes, rmse = score(state, full, low)
-            print(f"{state['step']:5d} {spikes:12d} {rmse:12.2f}")
+            spikes, rmse = score(model, full, low)
+            print(f"{step:5d} {spikes:12d} {rmse:12.2f}")
             if spikes <= allowed and (best is None or rmse < best[0]):
                 best = (rmse, path)
         if best is None:

@@ -31,7 +31,7 @@ class PatchDiscriminator(nn.Module):
     (stride 1), each with IN + LeakyReLU 0.2; 8ndf -> 1 (stride 1). A 128x128 input gives 8x8
     scores. The state-dict keys (``discriminator.{0,2,5,8,11}.weight``) are the seed's.
 
-    Two options depart from the seed, to help a discriminator judge noise rather than anatomy
+    Three options depart from the seed, to help a discriminator judge noise rather than anatomy
     (they change no state-dict key):
 
     - ``norm="none"`` drops the instance norms. Instance norm removes each patch's per-channel
@@ -39,7 +39,6 @@ class PatchDiscriminator(nn.Module):
     - ``highpass_sigma > 0`` feeds the network ``x - G_sigma * x``, the input minus its Gaussian
       blur (sigma in pixels, reflect padding), so that edges and flat regions no longer dominate.
       The blur widens each score's input window by 2 x round(4 sigma) pixels.
-
     - ``energy_sigma > 0`` (needs ``highpass_sigma > 0``) feeds ``log(G_energy * hp(x)^2 + eps)
       + offset`` instead: the local high-frequency energy on a log scale, so a noise level becomes
       an additive offset the first convolution reads directly.
