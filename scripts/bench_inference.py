@@ -1,137 +1,317 @@
 #!/usr/bin/env python3
-"""Measure denoising speed (slices per second) on 512x512 slices, on the CPU and on CUDA if present.
+"""Denoising speed, start-up and memory per runtime, on real 512x512 CT slices; one table from one run.
 
-Two models are timed through :func:`ctdenoise.inference.denoise_array`, so the numbers include
-normalisation, batching and the transfers: (a) a checkpoint (default: the bundled model, else a
-randomly initialised "fast" generator) and (b) a randomly initialised "seed" generator (the seed
-project's architecture, ~1 TFLOP per slice: only a couple of slices on the CPU). On CUDA it also
-measures a bf16 matmul peak and prints each model's achieved TFLOP/s against it.
+For each runtime and precision available here (``torch`` fp32; ``onnxruntime`` fp32 and int8 when
+the model carries those graphs; ``openvino`` fp32 on the same ONNX graph when OpenVINO happens to
+be installed, for comparison only) it prints, each measured in a fresh process:
 
-Usage: .venv/bin/python scripts/bench_inference.py [--slices N] [--device auto|cpu|cuda] [--checkpoint PATH]
+* seconds per slice for the model (default: the bundled one) on the real abdomen series in
+  ``data/``, after one warm-up slice, and the peak resident memory of that process;
+* start-up: the whole ``ctdenoise denoise`` process on one slice, minus the network's own time for
+  that slice (from its progress report), next to ``python -c "import torch"`` timed the same way;
+* the whole ``ctdenoise denoise`` process on a 512x512x100 volume (the abdomen repeated);
+* the ratio of its seconds per slice to the torch runtime's and to the seed architecture's (a
+  randomly initialised seed generator on the torch runtime, one slice);
+* how many voxels hit the model's change limit on the abdomen (full dose), a simulated quarter dose
+  of it, and the 3 mm ``example_ct_sm`` volume.
+
+On CUDA it also prints the bf16 matmul peak and each model's achieved TFLOP/s against it.
+
+Usage: .venv/bin/python scripts/bench_inference.py [--slices N] [--device cpu|cuda] [--checkpoint PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
-import numpy as np
-import torch
-
-from ctdenoise.checkpoints import ModelCheckpoint, build_metadata
-from ctdenoise.errors import CTDenoiseError
-from ctdenoise.inference import ProgressInfo, bundled_model_path, denoise_array, select_device
-from ctdenoise.networks import GENERATOR_PRESETS, build_generator, count_flops
-from ctdenoise.normalization import HUNormalization
-
-SIZE = 512
-DEFAULT_SLICES = {"cpu": {"model": 6, "seed": 1}, "cuda": {"model": 512, "seed": 64}}
+ROOT = Path(__file__).resolve().parents[1]
+ABDOMEN = ROOT / "data" / "totalsegmentator" / "example_ct_dicom"
+THREE_MM = ROOT / "data" / "totalsegmentator" / "example_ct_sm.nii.gz"
 
 
-def phantom(slices: int, size: int = SIZE, seed: int = 0) -> np.ndarray:
-    """int16 HU slices: air, a soft-tissue ellipse with 20 HU noise, and a -3024 padding border."""
-    yy, xx = np.mgrid[:size, :size] / size - 0.5
-    body = (xx / 0.45) ** 2 + (yy / 0.35) ** 2 < 1
-    rng = np.random.default_rng(seed)
-    hu = np.where(body, 40.0, -1000.0) + rng.normal(0, 20, (slices, size, size))
-    hu[:, :8] = -3024
-    return hu.astype(np.int16)
+def _run_json(args: list[str]) -> dict[str, Any]:
+    """Run this script as a worker and return the JSON it prints last."""
+    done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"worker {args} failed: {done.stderr.strip().splitlines()[-1:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def random_checkpoint(preset: str) -> ModelCheckpoint:
-    """A randomly initialised generator of ``preset`` wrapped as a checkpoint."""
+def worker_speed(
+    runtime: str, precision: str, device: str, checkpoint: Optional[str], slices: int, seed_preset: bool
+) -> dict[str, Any]:
+    """In this process: seconds per slice over ``slices`` real slices after a warm-up slice, and peak memory."""
+    import numpy as np
+
+    from ctdenoise import DenoiseOptions, Denoiser, read_volume
+
+    hu = read_volume(ABDOMEN).array
+    hu = np.concatenate([hu] * (slices // len(hu) + 1))[: slices + 1]
+    if runtime == "openvino":
+        return worker_openvino(hu, checkpoint, slices)
+    model: Any = checkpoint
+    if seed_preset:
+        model = _random_seed_checkpoint()
+    denoiser = Denoiser(model, DenoiseOptions(runtime=runtime, device=device, precision=precision))
+    denoiser.array(hu[:1])
+    start = time.perf_counter()
+    denoiser.array(hu[1:])
+    seconds = (time.perf_counter() - start) / slices
+    runtime_obj = denoiser.open()
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "s_per_slice": seconds,
+        "peak_mb": peak_mb,
+        "runtime": runtime_obj.name,
+        "device": runtime_obj.device,
+        "precision": runtime_obj.precision,
+        "batch": runtime_obj.batch_size,
+    }
+
+
+def worker_openvino(hu: Any, checkpoint: Optional[str], slices: int) -> dict[str, Any]:
+    """The model's fp32 ONNX graph on OpenVINO's CPU plugin (not an engine runtime: for the comparison)."""
+    import numpy as np
+
+    from ctdenoise import read_model
+    from ctdenoise.inference import describe_model
+    from ctdenoise.runtimes.base import pad_to_multiple
+    from ctdenoise.runtimes.onnx_runtime import graph_bytes
+
+    start = time.perf_counter()
+    import openvino
+
+    model = describe_model(checkpoint)
+    folder = Path(tempfile.mkdtemp(prefix="ctdenoise-ov-"))
+    (folder / "model.onnx").write_bytes(graph_bytes(read_model(model.path), "fp32"))
+    pad = pad_to_multiple
+    compiled = openvino.Core().compile_model(str(folder / "model.onnx"), "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+    request = compiled.create_infer_request()
+    ready = time.perf_counter() - start
+    normalization = model.normalization
+    x = pad(normalization.normalize(hu)[:, None].astype(np.float32), model.size_multiple)
+    request.infer({0: x[:1]})
+    start = time.perf_counter()
+    for index in range(1, slices + 1):
+        request.infer({0: x[index : index + 1]})
+    seconds = (time.perf_counter() - start) / slices
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "s_per_slice": seconds,
+        "peak_mb": peak_mb,
+        "runtime": "openvino",
+        "device": "cpu",
+        "precision": "fp32",
+        "batch": 1,
+        "import_and_compile_s": ready,
+    }
+
+
+def _random_seed_checkpoint() -> Any:
+    import torch
+
+    from ctdenoise.checkpoints import ModelCheckpoint
+    from ctdenoise.modelfile import build_metadata
+    from ctdenoise.networks import GENERATOR_PRESETS, build_generator
+    from ctdenoise.normalization import HUNormalization
+
     torch.manual_seed(0)
-    args = GENERATOR_PRESETS[preset]
-    metadata = build_metadata(preset=preset, generator_args=args, normalization=HUNormalization(), patch_size=128)
-    return ModelCheckpoint(build_generator(preset).eval(), HUNormalization(), metadata, Path(f"<random {preset}>"))
+    metadata = build_metadata(
+        preset="seed", generator_args=GENERATOR_PRESETS["seed"], normalization=HUNormalization(), patch_size=128
+    )
+    return ModelCheckpoint(path=Path("<random seed>"), metadata=metadata, generator=build_generator("seed").eval())
 
 
-def model_under_test(path: Optional[str]) -> tuple[ModelCheckpoint, str]:
-    """The checkpoint to time and a description of where it came from."""
-    from ctdenoise.checkpoints import load_checkpoint
+def worker_clamped(runtime: str, device: str, checkpoint: Optional[str]) -> dict[str, Any]:
+    """Voxels at the change limit on the abdomen, its simulated quarter dose and the 3 mm volume."""
+    from ctdenoise import DenoiseOptions, Denoiser, read_volume, simulate_volume
 
-    if path:
-        return load_checkpoint(path), path
-    try:
-        bundled = bundled_model_path()
-    except CTDenoiseError:
-        return random_checkpoint("fast"), "random-init 'fast' preset (no bundled model found)"
-    return load_checkpoint(bundled), f"bundled model {bundled.name}"
+    denoiser = Denoiser(checkpoint, DenoiseOptions(runtime=runtime, device=device))
+    abdomen = read_volume(ABDOMEN)
+    volumes = {
+        "abdomen": abdomen,
+        "abdomen quarter dose": simulate_volume(abdomen, 0.25, seed=0),
+        "3 mm example_ct_sm": read_volume(THREE_MM),
+    }
+    found = {}
+    for name, volume in volumes.items():
+        result = denoiser.volume(volume)
+        change = abs(result.volume.array - volume.array)
+        found[name] = {
+            "clamped": result.clamped_voxels,
+            "voxels": int(volume.array.size),
+            "largest_change_hu": float(change.max()),
+        }
+    return {"limit_hu": denoiser.model.change_limit_hu, "volumes": found}
 
 
-def time_model(checkpoint: ModelCheckpoint, device: torch.device, slices: int) -> tuple[float, int]:
-    """Slices per second over ``slices`` slices after a warm-up, and the batch size that was used."""
-    warm = phantom(min(slices, 64) if device.type == "cuda" else 1, seed=1)
-    denoise_array(warm, checkpoint, device=device)
-    batches: list[int] = []
+def _volume_file(slices: int) -> Path:
+    """The abdomen series repeated to ``slices`` 512x512 slices, as a NIfTI file in a new temporary folder."""
+    import numpy as np
+    import SimpleITK as sitk
 
-    def record(info: ProgressInfo) -> None:
-        batches.append(info.batch_size)
+    from ctdenoise import read_volume
 
-    hu = phantom(slices)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    folder = Path(tempfile.mkdtemp(prefix="ctdenoise-bench-"))
+    volume = read_volume(ABDOMEN)
+    array = np.concatenate([volume.array] * (slices // volume.shape[0] + 1))[:slices]
+    image = sitk.GetImageFromArray(array.astype(np.int16))
+    image.SetSpacing(volume.spacing)
+    sitk.WriteImage(image, str(folder / f"volume_{slices}.nii.gz"))
+    return folder / f"volume_{slices}.nii.gz"
+
+
+def _denoise_command(
+    source: Path, target: Path, runtime: str, precision: str, device: str, checkpoint: Optional[str]
+) -> list[str]:
+    command = [str(Path(sys.executable).parent / "ctdenoise"), "denoise", str(source), str(target)]
+    command += ["--progress", "json", "--runtime", runtime, "--precision", precision, "--device", device]
+    return command + (["--checkpoint", checkpoint] if checkpoint else [])
+
+
+def whole_volume(source: Path, runtime: str, precision: str, device: str, checkpoint: Optional[str]) -> float:
+    """Wall seconds of one ``ctdenoise denoise`` process on ``source``."""
+    target = source.with_name(f"out_{runtime}_{precision}.nii.gz")
     start = time.perf_counter()
-    denoise_array(hu, checkpoint, device=device, progress=record)
-    return slices / (time.perf_counter() - start), max(batches)
+    command = _denoise_command(source, target, runtime, precision, device, checkpoint)
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"denoising {source} failed: {done.stderr.strip()}")
+    return time.perf_counter() - start
 
 
-def matmul_peak_tflops(device: torch.device, n: int = 8192, repeats: int = 50) -> float:
-    """Achieved bf16 TFLOP/s of ``repeats`` n x n x n matmuls (a practical peak)."""
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    torch.cuda.synchronize(device)
-    start = time.perf_counter()
+def startup(runtime: str, precision: str, device: str, checkpoint: Optional[str], repeats: int = 3) -> dict[str, float]:
+    """Best of ``repeats``: whole ``ctdenoise denoise`` on one slice, its network time, and the difference."""
+    one = _volume_file(1)
+    folder = one.parent
+    command = _denoise_command(one, folder / "out.nii.gz", runtime, precision, device, checkpoint)
+    best: dict[str, float] = {}
     for _ in range(repeats):
-        a @ b
-    torch.cuda.synchronize(device)
-    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e12
+        (folder / "out.nii.gz").unlink(missing_ok=True)
+        start = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        wall = time.perf_counter() - start
+        if done.returncode != 0:
+            raise SystemExit(f"{' '.join(command)} failed: {done.stderr.strip()}")
+        events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+        network = max(e["elapsed_s"] for e in events if e["event"] == "progress")
+        if not best or wall < best["wall_s"]:
+            best = {"wall_s": wall, "network_s": network, "overhead_s": wall - network}
+    return best
+
+
+def import_torch_seconds(repeats: int = 3) -> float:
+    """Best of ``repeats`` wall times of ``python -c "import torch"``."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import torch"], check=True)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def configurations(checkpoint: Optional[str]) -> list[tuple[str, str]]:
+    """(runtime, precision) pairs to measure here: the engine's runtimes, and OpenVINO if installed."""
+    import importlib.util
+
+    from ctdenoise.inference import describe_model
+    from ctdenoise.runtimes import available_runtimes
+
+    found = []
+    graphs = getattr(describe_model(checkpoint), "graphs", {})
+    for runtime in available_runtimes(checkpoint):
+        found += [
+            (runtime, p)
+            for p in (("fp32", "int8") if runtime == "onnxruntime" else ("fp32",))
+            if runtime == "torch" or p in graphs
+        ]
+    if importlib.util.find_spec("openvino") is not None and "fp32" in graphs:
+        found.append(("openvino", "fp32"))
+    return found
 
 
 def main() -> None:
-    """Parse options, run the benchmarks and print one line per measurement."""
+    """Parse options, measure in worker processes and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--slices", type=int, help="slices per timed run for the checkpoint (default: 6 on CPU, 512 on CUDA)")
-    parser.add_argument("--seed-slices", type=int, help="slices for the seed preset (default: 1 on CPU, 64 on CUDA)")
-    parser.add_argument("--device", default="all", help="all (CPU, and CUDA if present), auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--checkpoint", help="model to time (default: bundled model, else random-init fast preset)")
+    parser.add_argument("--slices", type=int, default=8, help="slices per timed run (default 8)")
+    parser.add_argument("--volume-slices", type=int, default=100, help="slices of the whole-volume run (default 100)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--checkpoint", default=None, help="model to time (default: the bundled model)")
+    parser.add_argument("--worker", choices=["speed", "seed", "clamped"], help=argparse.SUPPRESS)
+    parser.add_argument("--runtime", default="torch", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     args = parser.parse_args()
-
-    devices = [torch.device("cpu")] + ([select_device("cuda")] if torch.cuda.is_available() else [])
-    if args.device != "all":
-        devices = [select_device(args.device)]
-    checkpoint, origin = model_under_test(args.checkpoint)
-    seed = random_checkpoint("seed")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; model (a): {origin}")
-    flops = {
-        name: count_flops(ckpt.generator, SIZE, SIZE) for name, ckpt in (("model", checkpoint), ("seed", seed))
-    }
-    for device in devices:
-        defaults = DEFAULT_SLICES.get(device.type, DEFAULT_SLICES["cuda"])
-        peak = None
-        label = str(device)
-        if device.type == "cuda":
-            peak = matmul_peak_tflops(device)
-            label = f"{device} ({torch.cuda.get_device_name(device)})"
-            print(f"{label}: bf16 matmul 8192^3 peak {peak:.0f} TFLOP/s")
-        runs = [
-            ("model", checkpoint, args.slices or defaults["model"]),
-            ("seed", seed, args.seed_slices or defaults["seed"]),
-        ]
-        for name, ckpt, slices in runs:
-            speed, batch = time_model(ckpt, device, slices)
-            line = (
-                f"{label}: {name:5s} ({ckpt.preset}, {flops[name] / 1e9:.0f} GFLOP/slice) "
-                f"{slices} x {SIZE}x{SIZE} slices, batch {batch}: {speed:.2f} slices/s"
+    if args.worker:
+        if args.worker == "clamped":
+            result = worker_clamped(args.runtime, args.device, args.checkpoint)
+        else:
+            result = worker_speed(
+                args.runtime, args.precision, args.device, args.checkpoint, args.slices, args.worker == "seed"
             )
-            if peak is not None:
-                achieved = flops[name] * speed / 1e12
-                line += f", {achieved:.1f} TFLOP/s = {100 * achieved / peak:.0f}% of the matmul peak"
-            print(line, flush=True)
+        print(json.dumps(result))
+        return
+
+    common = ["--device", args.device] + (["--checkpoint", args.checkpoint] if args.checkpoint else [])
+    print(
+        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; model: {args.checkpoint or 'bundled'}; "
+        f"{args.slices} real 512x512 slices per timing",
+        flush=True,
+    )
+    torch_import = import_torch_seconds()
+    seed = _run_json(["--worker", "seed", "--slices", "1", "--runtime", "torch"] + common)
+    volume = _volume_file(args.volume_slices)
+    rows = []
+    for runtime, precision in configurations(args.checkpoint):
+        speed = _run_json(
+            ["--worker", "speed", "--slices", str(args.slices), "--runtime", runtime, "--precision", precision] + common
+        )
+        if runtime == "openvino":
+            rows.append((runtime, speed, None, None))
+            continue
+        start = startup(runtime, precision, args.device, args.checkpoint)
+        rows.append((runtime, speed, start, whole_volume(volume, runtime, precision, args.device, args.checkpoint)))
+    torch_speed = next((s["s_per_slice"] for r, s, _, _ in rows if r == "torch"), None)
+    print(
+        f"\n| runtime | precision | s/slice | vs torch | vs seed architecture | start-up overhead s | "
+        f"1 slice, whole process s | {args.volume_slices} slices, whole process s | peak memory MB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for runtime, speed, start, whole in rows:
+        vs_torch = f"{speed['s_per_slice'] / torch_speed:.2f}" if torch_speed else "-"
+        overhead = f"{start['overhead_s']:.2f}" if start else f"{speed['import_and_compile_s']:.2f} (import + compile)"
+        print(
+            f"| {runtime} | {speed['precision']} | {speed['s_per_slice']:.3f} | {vs_torch} | "
+            f"{speed['s_per_slice'] / seed['s_per_slice']:.3f} | {overhead} | "
+            f"{start['wall_s']:.2f} | {whole:.1f} | {speed['peak_mb']:.0f} |"
+            if start
+            else f"| {runtime} | {speed['precision']} | {speed['s_per_slice']:.3f} | {vs_torch} | "
+            f"{speed['s_per_slice'] / seed['s_per_slice']:.3f} | {overhead} | - | - | {speed['peak_mb']:.0f} |"
+        )
+    if torch_speed:
+        print(
+            f"| seed architecture (random weights), torch | fp32 | {seed['s_per_slice']:.3f} | "
+            f"{seed['s_per_slice'] / torch_speed:.2f} | 1 | - | - | - | {seed['peak_mb']:.0f} |"
+        )
+    print(
+        f"\npython -c 'import torch': {torch_import:.2f} s; start-up overhead minus that: "
+        + ", ".join(f"{r} {s['overhead_s'] - torch_import:+.2f} s" for r, sp, s, _ in rows if s)
+    )
+    for runtime in sorted({r for r, _, s, _ in rows if s}):
+        clamped = _run_json(["--worker", "clamped", "--runtime", runtime] + common)
+        parts = [
+            f"{name}: {v['clamped']} of {v['voxels']:,} voxels (largest change {v['largest_change_hu']:.0f} HU)"
+            for name, v in clamped["volumes"].items()
+        ]
+        print(f"change limit {clamped['limit_hu']:g} HU, {runtime}: " + "; ".join(parts))
 
 
 if __name__ == "__main__":

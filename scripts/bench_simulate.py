@@ -46,9 +46,10 @@ def bench(device: str, hu: np.ndarray, pixel_mm: float, dose: float, runs: int, 
     first = time.perf_counter() - start
     single = median_seconds(lambda: simulate_low_dose(hu, pixel_mm, dose, seed=0, device=device), runs)
     volume = np.repeat(hu[None], stack, axis=0)
-    batched = median_seconds(
-        lambda: simulate_low_dose(volume, pixel_mm, dose, seed=0, device=device), max(1, runs // 2)
-    ) / stack
+    batched = (
+        median_seconds(lambda: simulate_low_dose(volume, pixel_mm, dose, seed=0, device=device), max(1, runs // 2))
+        / stack
+    )
     print(
         f"{device}: first call {first:.2f} s (builds the projector); one slice {single:.3f} s/slice; "
         f"stack of {stack} {batched:.3f} s/slice = {60.0 / batched:.0f} slices/min"
@@ -60,14 +61,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="timed repetitions (median is printed)")
     parser.add_argument("--dose", type=float, default=0.25, help="simulated dose fraction")
     parser.add_argument("--stack", type=int, default=8, help="slices in the batched measurement")
-    parser.add_argument(
-        "--device", nargs="*", default=None, help="devices (default: cpu, and cuda if available)"
-    )
+    parser.add_argument("--device", nargs="*", default=None, help="devices (default: cpu, and cuda if available)")
     args = parser.parse_args()
     devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     hu, pixel_mm = load_slice(SERIES)
-    print(f"slice {hu.shape[0]}x{hu.shape[1]}, {pixel_mm:.3f} mm pixels, dose {args.dose}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    print(
+        f"slice {hu.shape[0]}x{hu.shape[1]}, {pixel_mm:.3f} mm pixels, dose {args.dose}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+    )
     for device in devices:
         bench(device, hu, pixel_mm, args.dose, args.runs, args.stack)
 

@@ -17,7 +17,14 @@ from pathlib import Path
 
 import torch
 
-from ctdenoise.data import StepDataset, UnpairedPatchSampler, discover_full_dose, load_cache, prepare_cache, split_by_patient
+from ctdenoise.data import (
+    StepDataset,
+    UnpairedPatchSampler,
+    discover_full_dose,
+    load_cache,
+    prepare_cache,
+    split_by_patient,
+)
 from ctdenoise.training import Trainer, config_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,11 +57,13 @@ def bench_loader(cache_dir: Path, patch: int, batch: int, batches: int, workers:
 
 def bench_steps(cache_dir: Path, preset: str, steps: int, patch: int, batch: int, device: str) -> float:
     """Training steps per second (after one warm-up step) for a generator preset."""
-    config = config_from_dict({
-        "data": {"cache": str(cache_dir), "patch_size": patch, "batch_size": batch},
-        "model": {"generator": preset},
-        "train": {"device": device, "val_every": 0},
-    })
+    config = config_from_dict(
+        {
+            "data": {"cache": str(cache_dir), "patch_size": patch, "batch_size": batch},
+            "model": {"generator": preset},
+            "train": {"device": device, "val_every": 0},
+        }
+    )
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(config, Path(out))
         full, low = trainer.sampler.batch(0)
@@ -75,7 +84,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", help="prepared cache (default: build one from the bundled CT)")
     parser.add_argument("--steps", type=int, default=5, help="timed training steps for the fast preset")
-    parser.add_argument("--seed-steps", type=int, default=1, help="timed training steps for the seed preset (slow on CPU)")
+    parser.add_argument(
+        "--seed-steps", type=int, default=1, help="timed training steps for the seed preset (slow on CPU)"
+    )
     parser.add_argument("--patch", type=int, default=128)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--device", default="auto")
@@ -91,7 +102,9 @@ def main() -> None:
             if steps <= 0:
                 continue
             rate = bench_steps(cache, preset, steps, args.patch, args.batch, args.device)
-            print(f"training  : {rate:8.3f} steps/s  = {rate * args.batch:7.2f} patches/s per dose (preset {preset}, batch {args.batch})")
+            print(
+                f"training  : {rate:8.3f} steps/s  = {rate * args.batch:7.2f} patches/s per dose (preset {preset}, batch {args.batch})"
+            )
 
 
 if __name__ == "__main__":

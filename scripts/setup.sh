@@ -14,6 +14,6 @@ fi
 [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 "$venv/bin/python" -m pip install --quiet "torch==2.13.0"
-"$venv/bin/python" -m pip install --quiet -e "training[test]"
+"$venv/bin/python" -m pip install --quiet -e "training[torch,test]"
 echo "$want" > "$stamp"
 echo "set up $venv ($("$venv/bin/python" -c 'import torch, ctdenoise; print("torch", torch.__version__, "ctdenoise", ctdenoise.__version__)'))"

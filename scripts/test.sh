@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Set up the environment (first run only) and run every test. Extra arguments go to pytest.
+# Set up the environment (first run only), then the lint and format gate (ruff), then every test.
+# Extra arguments go to pytest.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/setup.sh"
+cd "$root"
+"$root/.venv/bin/ruff" check .
+"$root/.venv/bin/ruff" format --check .
 cd "$root/training"
 exec "$root/.venv/bin/python" -m pytest -ra "$@"

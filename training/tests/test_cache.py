@@ -29,6 +29,7 @@ def _hu(path: Path) -> np.ndarray:
 
 def _abdomen_series_sorted(count: int) -> list[Path]:
     """``count`` consecutive abdomen slices, ordered by position along the body (ascending z)."""
+
     def z(path: Path) -> float:
         return float(pydicom.dcmread(path, stop_before_pixels=True).ImagePositionPatient[2])
 
@@ -65,7 +66,11 @@ def test_seed_layout_cache_matches_original_hu(tmp_path: Path) -> None:
         assert entry.spacing is None and entry.simulated is False and entry.source_layout == "seed"
     assert cache.array(cache.volumes()[0]).max() == 3071
     assert [(e.split, e.dose) for e in cache.volumes()] == [
-        ("train", "full"), ("train", "low"), ("val", "full"), ("val", "low")]
+        ("train", "full"),
+        ("train", "low"),
+        ("val", "full"),
+        ("val", "low"),
+    ]
     assert len(cache.pairs("val")) == 1 and len(cache.pairs("train")) == 1
     summary = cache.summary()
     assert summary["patients"] == {"train": 1, "val": 1}
@@ -101,8 +106,21 @@ def test_aapm_cache_from_real_dicom_and_index(tmp_path: Path) -> None:
     index = json.loads((tmp_path / "cache" / "index.json").read_text())
     assert index["version"] == 1 and index["created_with"].startswith("ctdenoise ")
     entry = index["volumes"][0]
-    assert set(entry) >= {"id", "patient", "dose", "dose_fraction", "split", "pair_key", "shape", "spacing",
-                          "kernel", "thickness_mm", "source", "source_layout", "simulated"}
+    assert set(entry) >= {
+        "id",
+        "patient",
+        "dose",
+        "dose_fraction",
+        "split",
+        "pair_key",
+        "shape",
+        "spacing",
+        "kernel",
+        "thickness_mm",
+        "source",
+        "source_layout",
+        "simulated",
+    }
     assert Path(entry["source"]).name == "full_1mm"
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["index.json", "volumes"]
     assert cache.summary()["patients"] == {"train": 1, "val": 1}
@@ -167,12 +185,15 @@ def test_generic_pair_of_nifti_volumes(tmp_path: Path) -> None:
 
     cache = prepare_cache(records, tmp_path / "cache")
 
-    reference = sitk.GetArrayFromImage(sitk.ReadImage(str(NIFTI))).astype(np.float32)
+    # stored as axial slices in the LPS orientation the models see (the NIfTI is stored RAS)
+    reference = sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.ReadImage(str(NIFTI)), "LPS")).astype(np.float32)
     pairs = cache.pairs()
-    assert [(f.patient, l.patient) for f, l in pairs] == [("case1", "case1")]
+    assert [(f.patient, low.patient) for f, low in pairs] == [("case1", "case1")]
     full, low = pairs[0]
     assert full.shape == reference.shape
     assert full.spacing == pytest.approx((3.0, 3.0, 3.0))
+    np.testing.assert_array_equal(cache.array(full), np.clip(reference, -1024, 3071))
+    assert cache.info["orientation"] == "LPS"
     body = reference > -1000
     difference = cache.array(low).astype(np.float32) - cache.array(full).astype(np.float32)
     assert np.abs(difference[body] - 25.0).max() <= 1.0
@@ -188,8 +209,9 @@ def test_simulated_low_dose_for_full_dose_only_series(tmp_path: Path) -> None:
     records = split_by_patient(discover_full_dose(tmp_path / "full"))
     calls: list[tuple[int, int, str]] = []
 
-    cache = prepare_cache(records, tmp_path / "cache", simulate_dose=0.25, seed=7,
-                          progress=lambda d, t, m: calls.append((d, t, m)))
+    cache = prepare_cache(
+        records, tmp_path / "cache", simulate_dose=0.25, seed=7, progress=lambda d, t, m: calls.append((d, t, m))
+    )
 
     assert [c[:2] for c in calls] == [(1, 2), (2, 2)]
     full, low = cache.pairs("train")[0]
@@ -214,7 +236,9 @@ def test_seed_layout_simulation_uses_the_given_pixel_spacing(tmp_path: Path) -> 
         prepare_cache(records, tmp_path / "bad", simulate_dose=0.25, seed_pixel_spacing_mm=0)
     lows = {}
     for spacing in (0.7, 2.0):
-        cache = prepare_cache(records, tmp_path / f"c{spacing}", simulate_dose=0.25, seed=1, seed_pixel_spacing_mm=spacing)
+        cache = prepare_cache(
+            records, tmp_path / f"c{spacing}", simulate_dose=0.25, seed=1, seed_pixel_spacing_mm=spacing
+        )
         assert cache.info["simulation"]["seed_pixel_spacing_mm"] == spacing
         lows[spacing] = np.asarray(cache.array(cache.volumes(dose="low")[0]), dtype=np.float32)
     assert not np.array_equal(lows[0.7], lows[2.0])

@@ -49,7 +49,7 @@ def test_export_then_load_rebuilds_the_same_network(tmp_path: Path) -> None:
     assert model.preset == "fast"
     assert model.normalization == HUNormalization(hu_min=-1024, hu_max=2000, offset=10, scale=500)
     assert model.metadata["training"]["steps"] == 3 and model.metadata["patch_size"] == 64
-    assert model.metadata["format_version"] == 1 and model.metadata["package_version"]
+    assert model.metadata["format_version"] == 2 and model.metadata["package_version"]
     reference = build_generator("fast", **SMALL_FAST)
     reference.load_state_dict(states["G_Q2F"])
     x = torch.randn(1, 1, 40, 36)

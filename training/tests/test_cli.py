@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -210,8 +211,19 @@ def test_simulate_writes_nifti_and_dicom_keeping_geometry(
 
 def test_denoise_json_progress_and_noise_output(work: Path, small_nii: Path, tiny_model: Path) -> None:
     out, noise = work / "den_json" / "den.nii.gz", work / "den_json" / "noise.nii.gz"
-    result = _run("denoise", str(small_nii), str(out), "--checkpoint", str(tiny_model), "--device", "cpu",
-                  "--progress", "json", "--noise-out", str(noise))
+    result = _run(
+        "denoise",
+        str(small_nii),
+        str(out),
+        "--checkpoint",
+        str(tiny_model),
+        "--device",
+        "cpu",
+        "--progress",
+        "json",
+        "--noise-out",
+        str(noise),
+    )
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     events = [json.loads(line) for line in result.stdout.splitlines()]
@@ -233,10 +245,20 @@ def test_denoise_json_progress_and_noise_output(work: Path, small_nii: Path, tin
 def test_denoise_strength_zero_returns_the_input(
     capsys: pytest.CaptureFixture[str], work: Path, small_nii: Path, tiny_model: Path
 ) -> None:
-    status, out, err = _main(capsys, "denoise", small_nii, work / "s0.nii.gz", "--checkpoint", tiny_model,
-                             "--strength", "0", "--progress", "none")
+    status, out, err = _main(
+        capsys,
+        "denoise",
+        small_nii,
+        work / "s0.nii.gz",
+        "--checkpoint",
+        tiny_model,
+        "--strength",
+        "0",
+        "--progress",
+        "none",
+    )
     assert status == 0, err
-    assert out.strip() == f"wrote {(work / 's0.nii.gz').absolute()}"
+    assert out.startswith(f"wrote {(work / 's0.nii.gz').absolute()} (3 slices in ")
     np.testing.assert_array_equal(read_volume(work / "s0.nii.gz").array, read_volume(small_nii).array)
 
 
@@ -264,19 +286,82 @@ def test_denoise_dicom_series_to_a_dicom_folder(
     assert _digest(target) == written and _digest(dicom2) == before
 
 
-def test_denoise_without_checkpoint_uses_the_bundled_model_or_says_so(
-    capsys: pytest.CaptureFixture[str], work: Path, tiny_nii: Path
-) -> None:
-    from ctdenoise.inference import BUNDLED_MODEL_NAME
+def test_denoise_without_checkpoint_uses_the_bundled_model(work: Path, dicom2: Path) -> None:
+    """The bundled model, as a user runs it: real 512x512 slices, JSON progress, the model named in the summary."""
+    out = work / "bundled.NII.GZ"  # extensions in any case
+    result = _run("denoise", str(dicom2), str(out), "--device", "cpu", "--progress", "json")
+    assert result.returncode == 0, result.stderr
+    done = json.loads(result.stdout.splitlines()[-1])
+    assert done["event"] == "done" and done["model"]["file"] == "ctdenoise_fast_v1.safetensors"
+    assert done["model"]["change_limit_hu"] == 250.0 and done["runtime"] in ("torch", "onnxruntime")
+    source, denoised = read_volume(dicom2), read_volume(out)
+    _assert_same_grid(denoised, source)
+    change = denoised.array - source.array
+    liver = (slice(None), slice(240, 270), slice(130, 170))
+    assert 0.5 < np.abs(change[liver]).mean() < 30  # it changed the liver's texture ...
+    assert abs(float(change[liver].mean())) < 1.0  # ... not its CT number
+    assert np.abs(change).max() <= 250.0 + 0.5  # the model's change limit (plus rounding to whole HU)
+    assert denoised.array[liver].std() < source.array[liver].std()
 
-    bundled = Path(__import__("ctdenoise").__file__).parent / "models" / BUNDLED_MODEL_NAME
-    status, _, err = _main(capsys, "denoise", tiny_nii, work / "bundled.nii.gz", "--progress", "none")
-    if bundled.is_file():
-        assert status == 0, err
-        assert (work / "bundled.nii.gz").is_file()
-    else:
-        _assert_one_error_line(status, err, "no bundled model")
-        assert "--checkpoint" in err and not (work / "bundled.nii.gz").exists()
+
+def test_warnings_reach_stderr_and_the_json_stream(work: Path) -> None:
+    """3 mm pixels are far outside the bundled model's training data: a warning line and a JSON event."""
+    small = Path(__file__).resolve().parents[2] / "data" / "totalsegmentator" / "example_ct_sm.nii.gz"
+    result = _run("denoise", str(small), str(work / "warned.nii.gz"), "--device", "cpu", "--progress", "json")
+    assert result.returncode == 0, result.stderr
+    warnings_json = [json.loads(line) for line in result.stdout.splitlines() if '"warning"' in line]
+    assert len(warnings_json) == 1 and "pixel spacing 3 mm is far outside" in warnings_json[0]["message"]
+    assert result.stderr.splitlines() == [f"warning: {warnings_json[0]['message']}"]
+    assert json.loads(result.stdout.splitlines()[-1])["warnings"] == [warnings_json[0]["message"]]
+    result = _run("simulate", str(small), str(work / "low.nrrd"), "--progress", "json")
+    assert result.returncode == 0 and result.stderr == "", result.stderr  # simulation has no model: no warning
+
+
+def test_input_that_is_not_hu_is_refused_in_one_line_unless_forced(
+    work: Path, small_nii: Path, tiny_model: Path
+) -> None:
+    volume = read_volume(small_nii)
+    raw = work / "raw.nrrd"
+    image = sitk.GetImageFromArray((volume.array + 1024).astype(np.uint16))
+    sitk.WriteImage(image, str(raw))
+    for command in (
+        ["denoise", str(raw), str(work / "raw_out.nii.gz"), "--checkpoint", str(tiny_model)],
+        ["simulate", str(raw), str(work / "raw_low.nii.gz")],
+    ):
+        result = _run(*command)
+        _assert_one_error_line(result.returncode, result.stderr, "raw stored values (HU + 1024)")
+        assert "--force" in result.stderr
+    result = _run(
+        "denoise",
+        str(raw),
+        str(work / "raw_out.nii.gz"),
+        "--checkpoint",
+        str(tiny_model),
+        "--force",
+        "--progress",
+        "none",
+    )
+    assert result.returncode == 0 and "warning: " in result.stderr and "--force" in result.stderr
+    result = _run("info", str(raw))
+    assert result.returncode == 0 and json.loads(result.stdout)["looks_like_hu"] is False
+    assert result.stderr.startswith("warning: ") and "raw stored values" in result.stderr
+
+
+def test_simulate_checks_its_output_before_simulating(work: Path, dicom2: Path) -> None:
+    (work / "taken").mkdir()
+    (work / "taken" / "x.dcm").write_bytes(b"x")
+    for target, message in (
+        (work / "low.txt", "unsupported extension"),
+        (work / "taken", "not empty"),
+        (dicom2 / "inside", "inside the input DICOM folder"),
+    ):
+        start = time.perf_counter()
+        result = _run("simulate", str(dicom2), str(target))
+        _assert_one_error_line(result.returncode, result.stderr, message)
+        assert time.perf_counter() - start < 20
+    result = _run("simulate", str(dicom2), str(work / "LOW.NII.GZ"), "--dose", "0.5")
+    assert result.returncode == 0, result.stderr
+    assert read_volume(work / "LOW.NII.GZ").shape == (2, 512, 512)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -286,9 +371,22 @@ def test_a_signal_stops_denoising_cleanly(tmp_path: Path, dicom_series_dir: Path
     out_dir.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "CTDENOISE_DEBUG"}
     process = subprocess.Popen(
-        [str(CONSOLE), "denoise", str(dicom_series_dir), str(out_dir / "den.nii.gz"), "--checkpoint", str(model),
-         "--device", "cpu", "--progress", "json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            str(CONSOLE),
+            "denoise",
+            str(dicom_series_dir),
+            str(out_dir / "den.nii.gz"),
+            "--checkpoint",
+            str(model),
+            "--device",
+            "cpu",
+            "--progress",
+            "json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         first = json.loads(process.stdout.readline())
@@ -390,8 +488,12 @@ def test_bad_checkpoints_and_options_get_one_error_line(
         (("denoise", small_nii, out, "--checkpoint", tmp_path / "evil.pt"), "refused"),
         (("convert-seed", tmp_path / "evil.pt", tmp_path / "evil.safetensors"), "refused"),
         (("denoise", small_nii, out, "--checkpoint", tmp_path / "absent.safetensors"), "does not exist"),
-        (("denoise", small_nii, out, "--checkpoint", tiny_model, "--strength", "2"), "--strength"),
-        (("denoise", small_nii, out, "--checkpoint", tiny_model, "--batch-size", "0"), "--batch-size"),
+        (("denoise", small_nii, out, "--checkpoint", tiny_model, "--strength", "2"), "strength must be"),
+        (("denoise", small_nii, out, "--checkpoint", tiny_model, "--strength", "x"), "--strength"),
+        (("denoise", small_nii, out, "--checkpoint", tiny_model, "--batch-size", "0"), "batch size"),
+        (("denoise", small_nii, out, "--checkpoint", tiny_model, "--tile-size", "4"), "tile size"),
+        (("denoise", small_nii, out, "--checkpoint", tiny_model, "--precision", "int8", "--runtime", "torch"), "int8"),
+        (("denoise", small_nii, out, "--checkpoint", tiny_model, "--precision", "bf16", "--device", "cpu"), "bf16"),
         (("denoise", small_nii, tmp_path / "out.txt", "--checkpoint", tiny_model), "extension"),
         (("denoise", small_nii, small_nii, "--checkpoint", tiny_model), "is the input"),
         (("compare", small_nii, small_nii, "--roi", "0:2,5:1,0:4"), "ROI"),
@@ -399,6 +501,11 @@ def test_bad_checkpoints_and_options_get_one_error_line(
         (("compare", small_nii, small_nii, "--png", small_nii), "is the input"),
         (("convert-seed", tmp_path / "other.pth", tmp_path / "other.safetensors"), "not a seed-project checkpoint"),
         (("export", tmp_path / "other.pth", "--out", tmp_path / "x.safetensors"), "not a ctdenoise training state"),
+        (("export", tmp_path / "other.pth", "--out", tmp_path / "x.pt"), "must end in .safetensors"),
+        (("convert-seed", tmp_path / "absent.pth", tmp_path / "x.safetensors"), "does not exist"),
+        (("compare", small_nii, small_nii, "--png", tmp_path / "figure.jpg"), "should end in .png"),
+        (("simulate", small_nii, tmp_path / "low.txt"), "unsupported extension"),
+        (("prepare", tmp_path / "absent", "--out", tmp_path / "cache"), "does not exist"),
     ]
     if not torch.cuda.is_available():
         cases.append((("denoise", small_nii, out, "--checkpoint", tiny_model, "--device", "cuda"), "CUDA"))
@@ -424,8 +531,16 @@ def test_convert_seed_then_denoise_with_it(capsys: pytest.CaptureFixture[str], t
     metadata = read_model_metadata(tmp_path / "seed.safetensors")
     assert metadata["generator"]["preset"] == "seed" and metadata["training"]["epoch"] == 7
 
-    status, _, err = _main(capsys, "denoise", tiny_nii, tmp_path / "den.nii.gz", "--checkpoint",
-                           tmp_path / "seed.safetensors", "--progress", "none")
+    status, _, err = _main(
+        capsys,
+        "denoise",
+        tiny_nii,
+        tmp_path / "den.nii.gz",
+        "--checkpoint",
+        tmp_path / "seed.safetensors",
+        "--progress",
+        "none",
+    )
     assert status == 0, err
     source, denoised = read_volume(tiny_nii).array, read_volume(tmp_path / "den.nii.gz").array
     assert denoised.shape == source.shape == (1, 64, 64)
@@ -440,9 +555,24 @@ def test_compare_writes_metrics_and_figure(
         assert status == 0, err
     files = {name: tmp_path / name for name in ("m.json", "m.md", "fig.png")}
     status, out, err = _main(
-        capsys, "compare", small_nii, tmp_path / "dose0.25.nii.gz", tmp_path / "dose0.5.nii.gz", small_nii,
-        "--names", "quarter dose", "half dose", "itself", "--roi", "0:3,44:84,44:84",
-        "--json", files["m.json"], "--markdown", files["m.md"], "--png", files["fig.png"],
+        capsys,
+        "compare",
+        small_nii,
+        tmp_path / "dose0.25.nii.gz",
+        tmp_path / "dose0.5.nii.gz",
+        small_nii,
+        "--names",
+        "quarter dose",
+        "half dose",
+        "itself",
+        "--roi",
+        "0:3,44:84,44:84",
+        "--json",
+        files["m.json"],
+        "--markdown",
+        files["m.md"],
+        "--png",
+        files["fig.png"],
     )
     assert status == 0, err
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["dose0.25.nii.gz", "dose0.5.nii.gz", *files])

@@ -12,13 +12,23 @@ from ctdenoise.training.config import Config, config_from_dict, documented_defau
 
 
 def test_defaults_follow_the_seed_method() -> None:
+    """Every default that has a seed counterpart is the seed's; the two that differ are named and pinned."""
     c = Config()
     assert (c.optim.lr, c.optim.betas) == (2e-4, [0.5, 0.999])
     assert (c.loss.lambda_cycle, c.loss.lambda_identity) == (10.0, 5.0)
     assert (c.data.patch_size, c.data.batch_size) == (128, 4)
     assert c.optim.schedule == "step" and c.optim.gamma == 0.95
     assert c.train.image_pool == 0
-    assert c.model.generator_init == "seed"
+    assert c.model.generator_init == "seed" and c.model.generator_args == {} and c.model.discriminator_args == {}
+    assert c.data.augment is True  # the seed flips; we also rotate by 90 degrees
+    # The two defaults that differ from the seed, on purpose:
+    assert c.model.generator == "fast"  # the seed's full-resolution generator is 12x slower (use 'seed')
+    assert (c.normalization.hu_min, c.normalization.hu_max, c.normalization.offset, c.normalization.scale) == (
+        -1024.0,
+        3071.0,
+        0.0,
+        1000.0,
+    )  # the seed: hu_min -1000, no hu_max, scale 4000
 
 
 def test_documented_defaults_round_trip_and_document_every_field() -> None:

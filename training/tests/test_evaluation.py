@@ -45,8 +45,20 @@ def test_parse_roi_accepts_three_ranges_and_roi_text_inverts_it() -> None:
     assert parse_roi(roi_text(roi)) == roi
 
 
-@pytest.mark.parametrize("text", ["", "0:2,8:24", "0:2,8:24,8:24,0:1", "2:1,0:4,0:4", "1:1,0:4,0:4", "-1:2,0:4,0:4",
-                                  "0:2:3,0:4,0:4", "a:b,0:4,0:4", "0-2,0:4,0:4"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "0:2,8:24",
+        "0:2,8:24,8:24,0:1",
+        "2:1,0:4,0:4",
+        "1:1,0:4,0:4",
+        "-1:2,0:4,0:4",
+        "0:2:3,0:4,0:4",
+        "a:b,0:4,0:4",
+        "0-2,0:4,0:4",
+    ],
+)
 def test_parse_roi_refuses_malformed_text_with_the_expected_form(text: str) -> None:
     with pytest.raises(CTDenoiseError, match="z0:z1,y0:y1,x0:x1") as info:
         parse_roi(text)
@@ -69,7 +81,9 @@ def test_compare_volumes_gives_known_psnr_rmse_and_roi_figures(reference: np.nda
     # a 10 HU error in a 400 HU window: PSNR = 20 log10(400 / 10)
     assert rows["offset +10 HU"]["psnr"] == pytest.approx(20 * math.log10(40.0), abs=1e-3)
     assert rows["offset +10 HU"]["rmse_hu"] == pytest.approx(10.0)
-    assert rows["offset +10 HU"]["mean_hu"] == pytest.approx(50.0) and rows["offset +10 HU"]["std_hu"] == pytest.approx(0.0)
+    assert rows["offset +10 HU"]["mean_hu"] == pytest.approx(50.0) and rows["offset +10 HU"]["std_hu"] == pytest.approx(
+        0.0
+    )
     assert rows["noisy"]["psnr"] == pytest.approx(20 * math.log10(20.0), abs=1e-3)
     assert rows["noisy"]["rmse_hu"] == pytest.approx(20.0)
     assert rows["noisy"]["mean_hu"] == pytest.approx(40.0) and rows["noisy"]["std_hu"] == pytest.approx(20.0)

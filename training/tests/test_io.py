@@ -16,8 +16,16 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 from ctdenoise.errors import CTDenoiseError
 from ctdenoise.io import Volume, read_volume, validate_output_path, write_volume
 
-PATIENT_STUDY_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-                      "StudyID", "AccessionNumber")
+PATIENT_STUDY_TAGS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+)
 
 
 def _hashes(paths: list[str] | list[Path]) -> dict[str, str]:
@@ -392,7 +400,9 @@ def test_created_lists_exactly_what_a_write_put_in_place(tmp_path: Path) -> None
     assert len(inside) == 2 and inside == sorted(empty.absolute().iterdir())
 
 
-def test_interrupted_writes_leave_nothing(tmp_path: Path, series_volume: Volume, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_writes_leave_nothing(
+    tmp_path: Path, series_volume: Volume, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls = []
     original_save = pydicom.Dataset.save_as
 

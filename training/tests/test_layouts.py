@@ -50,8 +50,11 @@ def test_flat_aapm_layout(tmp_path: Path) -> None:
 
     found = _by_key(records)
     assert set(found) == {
-        ("L067", "full", 1.0, None), ("L067", "low", 1.0, None),
-        ("L096", "full", 3.0, None), ("L096", "low", 3.0, None), ("L109", "low", 1.0, None),
+        ("L067", "full", 1.0, None),
+        ("L067", "low", 1.0, None),
+        ("L096", "full", 3.0, None),
+        ("L096", "low", 3.0, None),
+        ("L109", "low", 1.0, None),
     }
     assert {r.source_layout for r in records} == {"aapm"}
     assert found[("L067", "low", 1.0, None)].dose_fraction == 0.25
@@ -79,8 +82,11 @@ def test_nested_official_aapm_layout(tmp_path: Path) -> None:
     found = _by_key(discover_dataset(tmp_path))
 
     assert set(found) == {
-        ("L067", "full", 1.0, "B30"), ("L067", "low", 1.0, "B30"),
-        ("L067", "full", 3.0, "D45"), ("L067", "low", 3.0, "D45"), ("L096", "low", 3.0, "D45"),
+        ("L067", "full", 1.0, "B30"),
+        ("L067", "low", 1.0, "B30"),
+        ("L067", "full", 3.0, "D45"),
+        ("L067", "low", 3.0, "D45"),
+        ("L096", "low", 3.0, "D45"),
     }
     b30 = found[("L067", "full", 1.0, "B30")].pair_key
     assert b30 is not None and b30 == found[("L067", "low", 1.0, "B30")].pair_key
@@ -121,12 +127,17 @@ def test_seed_layout(tmp_path: Path) -> None:
     records = discover_dataset(tmp_path)
 
     assert [(r.split, r.dose, r.dose_fraction) for r in records] == [
-        ("train", "full", 1.0), ("train", "low", 0.25), ("test", "full", 1.0), ("test", "low", 0.25)]
+        ("train", "full", 1.0),
+        ("train", "low", 0.25),
+        ("test", "full", 1.0),
+        ("test", "low", 0.25),
+    ]
     assert {r.source_layout for r in records} == {"seed"}
     assert records[0].pair_key is None and records[1].pair_key is None  # different slice sets
     assert records[2].pair_key == records[3].pair_key == "seed/test"
     assert {r.patient for r in records if r.split == "train"}.isdisjoint(
-        {r.patient for r in records if r.split == "test"})
+        {r.patient for r in records if r.split == "test"}
+    )
     assert [p.stem for p in seed_slice_files(records[0].path)] == ["0", "1", "2", "10"]
     with pytest.raises(CTDenoiseError, match="no aapm dataset layout"):
         discover_dataset(tmp_path, layout="aapm")
@@ -149,8 +160,14 @@ def test_generic_pair_of_folders(tmp_path: Path) -> None:
     records = discover_pair(full, low, low_dose_fraction=0.5)
 
     found = {(r.patient, r.dose): r for r in records}
-    assert set(found) == {("case1", "full"), ("case1", "low"), ("case2", "full"), ("case3", "full"),
-                          ("case3", "low"), ("case4", "low")}
+    assert set(found) == {
+        ("case1", "full"),
+        ("case1", "low"),
+        ("case2", "full"),
+        ("case3", "full"),
+        ("case3", "low"),
+        ("case4", "low"),
+    }
     assert found[("case1", "full")].pair_key == found[("case1", "low")].pair_key == "case1"
     assert found[("case3", "low")].path == (low / "case3").resolve()
     assert found[("case3", "low")].dose_fraction == 0.5
@@ -172,9 +189,19 @@ def test_generic_pair_of_folders(tmp_path: Path) -> None:
 
 def _records(patients: list[str], split: str | None = None) -> list[ScanRecord]:
     return [
-        ScanRecord(p, dose, fraction, Path(f"/data/{p}/{dose}_{mm}mm"), float(mm), split=split,
-                   source_layout="aapm", pair_key=f"{p}/{mm}")
-        for p in patients for mm in (1, 3) for dose, fraction in (("full", 1.0), ("low", 0.25))
+        ScanRecord(
+            p,
+            dose,
+            fraction,
+            Path(f"/data/{p}/{dose}_{mm}mm"),
+            float(mm),
+            split=split,
+            source_layout="aapm",
+            pair_key=f"{p}/{mm}",
+        )
+        for p in patients
+        for mm in (1, 3)
+        for dose, fraction in (("full", 1.0), ("low", 0.25))
     ]
 
 
@@ -193,8 +220,9 @@ def test_split_by_patient_keeps_patients_whole_and_is_deterministic() -> None:
     val = sorted(p for p, s in per_patient.items() if s == {"val"})
     assert len(val) == 2
     assert split == split_by_patient(records, val_fraction=0.2, seed=3)
-    other_seeds = {tuple(sorted({r.patient for r in split_by_patient(records, seed=s) if r.split == "val"}))
-                   for s in range(6)}
+    other_seeds = {
+        tuple(sorted({r.patient for r in split_by_patient(records, seed=s) if r.split == "val"})) for s in range(6)
+    }
     assert len(other_seeds) > 1
     assert [(r.patient, r.dose, r.path) for r in split] == [(r.patient, r.dose, r.path) for r in records]
 
@@ -211,7 +239,9 @@ def test_split_by_patient_explicit_layout_and_edge_cases() -> None:
 
     seed_like = _records(["seed-train"], "train") + _records(["seed-test"], "test")
     assert {(r.patient, r.split) for r in split_by_patient(seed_like)} == {
-        ("seed-train", "train"), ("seed-test", "val")}
+        ("seed-train", "train"),
+        ("seed-test", "val"),
+    }
 
     single = split_by_patient(_records(["L067"]), val_fraction=0.5)
     assert {r.split for r in single} == {"train"}

@@ -86,7 +86,8 @@ def test_generator_total_loss_custom_weights() -> None:
 
 
 def test_gradients_reach_every_generator_parameter() -> None:
-    """One seed-style generator step: every generator weight gets a gradient, the discriminators none."""
+    """Every generator weight gets a gradient from the total loss (the trainer's own step's isolation of
+    generator and discriminator gradients is tested in test_training)."""
     torch.manual_seed(0)
     g_q2f = build_generator("fast", ngf=4, n_res_blocks=1)
     g_f2q = build_generator("fast", ngf=4, n_res_blocks=1)

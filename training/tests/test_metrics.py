@@ -36,7 +36,9 @@ def test_ssim_matches_skimage_gaussian_implementation() -> None:
     prediction = np.clip(reference + rng.normal(0, 40, reference.shape), -160, 240).astype(np.float32)
     ours = image_quality(prediction, reference, window=(-160, 240))["ssim"]
     ref01, pred01 = (reference + 160) / 400, (prediction + 160) / 400
-    theirs = structural_similarity(ref01, pred01, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+    theirs = structural_similarity(
+        ref01, pred01, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+    )
     assert 0.1 < ours < 0.99
     assert ours == pytest.approx(theirs, abs=0.02)
     assert image_quality(reference, reference)["ssim"] == pytest.approx(1.0, abs=1e-6)

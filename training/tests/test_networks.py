@@ -81,7 +81,6 @@ def fast_generator() -> FastGenerator:
     return build_generator("fast")
 
 
-
 def test_seed_generator_state_dict_keys_match_the_seed(seed_generator: SeedGenerator) -> None:
     assert sorted(seed_generator.state_dict()) == SEED_KEYS
     state = seed_generator.state_dict()
@@ -289,7 +288,9 @@ def test_highpass_residual_cannot_shift_the_mean() -> None:
         plain.load_state_dict(model.state_dict())
         assert torch.allclose(plain(x) - x, torch.full_like(x, float(torch.tanh(torch.tensor(1.0)))), atol=1e-6)
     for bad in (-1.0, float("inf"), "2", True):
-        with pytest.raises(CTDenoiseError, match="'fast' generator residual_highpass_sigma must be a number >= 0 \\(0: off\\)"):
+        with pytest.raises(
+            CTDenoiseError, match="'fast' generator residual_highpass_sigma must be a number >= 0 \\(0: off\\)"
+        ):
             build_generator("fast", residual_highpass_sigma=bad)
 
 
@@ -308,7 +309,9 @@ def test_build_errors_name_the_choices() -> None:
         build_generator("seed", n_downsampling=3)
     with pytest.raises(CTDenoiseError, match="ngf=0"):
         build_generator("fast", ngf=0)
-    with pytest.raises(CTDenoiseError, match="valid options are \\['in_channels', 'ndf', 'norm', 'highpass_sigma', 'energy_sigma'\\]"):
+    with pytest.raises(
+        CTDenoiseError, match="valid options are \\['in_channels', 'ndf', 'norm', 'highpass_sigma', 'energy_sigma'\\]"
+    ):
         build_discriminator(ngf=64)
     with pytest.raises(CTDenoiseError, match="global residual"):
         build_generator("seed", out_channels=2)

@@ -174,8 +174,9 @@ def test_noise_grows_as_dose_falls_and_keeps_the_mean() -> None:
         assert abs(means[dose]) < 0.15 * stds[dose]
     # Without electronic noise, std follows sqrt(1/d - 1): ratios sqrt(3) and 3 against dose 0.5.
     quantum = {
-        dose: (simulate_low_dose(phantom, 2.0, dose, photons=2e4, electronic_noise=0.0, views=180, seed=1)
-               - phantom)[roi].std()
+        dose: (simulate_low_dose(phantom, 2.0, dose, photons=2e4, electronic_noise=0.0, views=180, seed=1) - phantom)[
+            roi
+        ].std()
         for dose in (0.5, 0.25, 0.1)
     }
     assert quantum[0.25] / quantum[0.5] == pytest.approx(math.sqrt(3.0), rel=0.1)

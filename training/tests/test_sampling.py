@@ -80,9 +80,9 @@ def test_full_and_low_patches_are_drawn_independently(tmp_path: Path, real_slice
     same_position = 0
     for step in range(10):
         full, low = sampler.batch(step)
-        for f, l in zip(full[:, 0], low[:, 0]):
+        for f, q in zip(full[:, 0], low[:, 0]):
             where_full = _crop_location(full_volume, f, transforms=True)
-            where_low = _crop_location(low_volume, l, transforms=True)
+            where_low = _crop_location(low_volume, q, transforms=True)
             assert where_full is not None and where_low is not None
             same_position += where_full[:3] == where_low[:3]
     assert same_position <= 1
@@ -155,8 +155,9 @@ def test_sampler_needs_both_doses_in_the_split(tmp_path: Path, real_slices: list
 def test_paired_validation_slices_are_aligned_and_spread(tmp_path: Path, real_slices: list[np.ndarray]) -> None:
     noise = np.random.default_rng(0)
     noisy = [s + noise.normal(0, 20, s.shape).astype(np.float32) for s in real_slices]
-    cache = _seed_cache(tmp_path, {"train": real_slices, "test": real_slices},
-                        {"train": real_slices[:2], "test": noisy})
+    cache = _seed_cache(
+        tmp_path, {"train": real_slices, "test": real_slices}, {"train": real_slices[:2], "test": noisy}
+    )
 
     slices = paired_validation_slices(cache, "val", max_slices=3, seed=0)
 

@@ -22,7 +22,9 @@ def _targets() -> list[Path]:
     return targets
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is not beside this checkout (the repo's own data/ is tested elsewhere)")
+@pytest.mark.skipif(
+    not SHARED.is_dir(), reason="../shared/data is not beside this checkout (the repo's own data/ is tested elsewhere)"
+)
 def test_every_shared_ct_loads_as_plausible_hu() -> None:
     targets = _targets()
     assert len(targets) >= 160

@@ -38,7 +38,24 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
         part = volume.array[slices, 128:384, 128:384]
         write_volume(type(volume)(part, volume.spacing, volume.origin, volume.direction), full / f"{name}.nii.gz")
     cache = root / "cache"
-    assert main(["prepare", str(full), "--layout", "full", "--simulate-dose", "0.25", "--val-patients", "patientB", "--out", str(cache), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                str(full),
+                "--layout",
+                "full",
+                "--simulate-dose",
+                "0.25",
+                "--val-patients",
+                "patientB",
+                "--out",
+                str(cache),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return cache
 
 
@@ -82,7 +99,17 @@ def test_train_kill_resume_is_exact_and_exports(tmp_path: Path, cache_dir: Path)
     # The same run as a separate process, killed hard after its first periodic checkpoint ...
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "ctdenoise.cli", "train", "--config", str(config_path), "--out", str(killed), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ctdenoise.cli",
+        "train",
+        "--config",
+        str(config_path),
+        "--out",
+        str(killed),
+        "--quiet",
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     first = killed / "checkpoints" / "step_0000010.pt"
     deadline = time.monotonic() + 120
@@ -161,7 +188,9 @@ def test_discriminator_options_reach_the_trainer(tmp_path: Path, cache_dir: Path
     assert not any(isinstance(m, torch.nn.InstanceNorm2d) for m in trainer.d_q.modules())
     before = {k: v.clone() for k, v in trainer.d_f.state_dict().items()}
     full, low = trainer.sampler.batch(0)
-    losses = trainer.train_step(trainer.normalization.normalize(torch.from_numpy(full)), trainer.normalization.normalize(torch.from_numpy(low)))
+    losses = trainer.train_step(
+        trainer.normalization.normalize(torch.from_numpy(full)), trainer.normalization.normalize(torch.from_numpy(low))
+    )
     assert np.isfinite(float(losses["loss_D_F"]))
     assert any(not torch.equal(before[k], v) for k, v in trainer.d_f.state_dict().items())
 
@@ -179,6 +208,45 @@ def test_identity_init_starts_both_generators_as_the_identity(tmp_path: Path, ca
     trainer.train_step(trainer.normalization.normalize(torch.from_numpy(full)), x)
     with torch.no_grad():
         assert not torch.equal(trainer.g_q2f(x), x)  # the zeroed layer still learns
+
+
+def test_the_trainers_own_step_isolates_generator_and_discriminator_gradients(tmp_path: Path, cache_dir: Path) -> None:
+    """Trainer.train_step: the generator update sees no discriminator gradient, the discriminator
+    update leaves the generators' gradients as they were, and each optimizer moves only its networks."""
+    from ctdenoise.training.trainer import Trainer
+
+    trainer = Trainer(load_config(_config(tmp_path, cache_dir)), tmp_path / "run")
+    gens, discs = (trainer.g_f2q, trainer.g_q2f), (trainer.d_f, trainer.d_q)
+    seen: dict[str, object] = {}
+    real_g_step, real_d_step = trainer.opt_g.step, trainer.opt_d.step
+
+    def g_step(*args: object, **kwargs: object) -> object:
+        seen["d_grads_at_g_step"] = [p.grad for d in discs for p in d.parameters()]
+        seen["g_grads"] = [p.grad.clone() for g in gens for p in g.parameters()]
+        seen["d_before"] = [p.detach().clone() for d in discs for p in d.parameters()]
+        return real_g_step(*args, **kwargs)
+
+    def d_step(*args: object, **kwargs: object) -> object:
+        seen["g_grads_at_d_step"] = [p.grad.clone() for g in gens for p in g.parameters()]
+        seen["d_grads"] = [p.grad for d in discs for p in d.parameters()]
+        seen["g_before_d_step"] = [p.detach().clone() for g in gens for p in g.parameters()]
+        seen["d_at_d_step"] = [p.detach().clone() for d in discs for p in d.parameters()]
+        return real_d_step(*args, **kwargs)
+
+    trainer.opt_g.step, trainer.opt_d.step = g_step, d_step  # type: ignore[method-assign]
+    g_start = [p.detach().clone() for g in gens for p in g.parameters()]
+    full, low = trainer.sampler.batch(0)
+    trainer.train_step(*(torch.as_tensor(trainer.normalization.normalize(b.astype(np.float32))) for b in (full, low)))
+    assert all(grad is None for grad in seen["d_grads_at_g_step"])  # type: ignore[union-attr]
+    assert all(float(g.abs().sum()) > 0 for g in seen["g_grads"])  # type: ignore[union-attr]
+    assert all(torch.equal(a, b) for a, b in zip(seen["g_grads"], seen["g_grads_at_d_step"]))  # type: ignore[arg-type]
+    assert all(g is not None and float(g.abs().sum()) > 0 for g in seen["d_grads"])  # type: ignore[union-attr]
+    assert all(torch.equal(a, b) for a, b in zip(seen["d_before"], seen["d_at_d_step"]))  # type: ignore[arg-type]
+    d_now = [p.detach() for d in discs for p in d.parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(seen["d_at_d_step"], d_now))  # type: ignore[arg-type]
+    g_now = [p.detach() for g in gens for p in g.parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(g_start, g_now))  # the generator step moved the generators
+    assert all(torch.equal(a, b) for a, b in zip(seen["g_before_d_step"], g_now))  # ... and the D step did not
 
 
 def test_existing_run_needs_resume_and_resume_needs_a_run(tmp_path: Path, cache_dir: Path) -> None:
@@ -221,7 +289,22 @@ def test_sigterm_stops_cleanly_and_the_run_resumes(tmp_path: Path, cache_dir: Pa
     assert "continue with --resume" in stdout
     state = load_torch_safely(out / "last.pt")
     assert state["step"] > 0
-    assert main(["train", "--config", str(config_path), "--out", str(out), "--resume", "--max-steps", str(state["step"] + 2), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(config_path),
+                "--out",
+                str(out),
+                "--resume",
+                "--max-steps",
+                str(state["step"] + 2),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert load_torch_safely(out / "last.pt")["step"] == state["step"] + 2
 
 

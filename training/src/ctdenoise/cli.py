@@ -14,30 +14,59 @@ import math
 import os
 import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, NoReturn, Optional, Sequence
 
 from ctdenoise import __version__
-from ctdenoise.errors import CTDenoiseError
+from ctdenoise.errors import CTDenoiseError, CTDenoiseWarning, DenoiseCancelled
+from ctdenoise.options import add_cli_arguments
+from ctdenoise.progress import event_json
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    from ctdenoise.hu import declared_padding, padding_threshold, units_problem
     from ctdenoise.io import read_volume
 
     volume = read_volume(args.input)
     array = volume.array
     meta = {k: v for k, v in volume.metadata.items() if k not in ("dicom_files", "slice_positions")}
-    print(json.dumps({
-        "shape_zyx": list(volume.shape),
-        "spacing_xyz_mm": [round(float(s), 6) for s in volume.spacing],
-        "origin_xyz_mm": [round(float(s), 6) for s in volume.origin],
-        "direction": [round(float(s), 6) for s in volume.direction],
-        "hu_min": float(array.min()),
-        "hu_max": float(array.max()),
-        "hu_mean": float(array.mean()),
-        "metadata": meta,
-    }, indent=2, default=str))
+    problem = units_problem(array)
+    if problem is not None:
+        _print_warning(f"{args.input} is probably not in HU: {problem}")
+    print(
+        json.dumps(
+            {
+                "shape_zyx": list(volume.shape),
+                "spacing_xyz_mm": [round(float(s), 6) for s in volume.spacing],
+                "origin_xyz_mm": [round(float(s), 6) for s in volume.origin],
+                "direction": [round(float(s), 6) for s in volume.direction],
+                "orientation": _orientation_code(volume.direction),
+                "hu_min": float(array.min()),
+                "hu_max": float(array.max()),
+                "hu_mean": float(array.mean()),
+                "padding_hu": padding_threshold(array, declared_padding(volume.metadata)),
+                "looks_like_hu": problem is None,
+                "metadata": meta,
+            },
+            indent=2,
+            default=str,
+        )
+    )
     return 0
+
+
+def _orientation_code(direction: Sequence[float]) -> str:
+    """The closest orientation code of a direction matrix (e.g. LPS for axial DICOM)."""
+    import numpy as np
+
+    axes = np.asarray(direction, dtype=float).reshape(3, 3)
+    letters = ("LR", "PA", "SI")
+    code = ""
+    for j in range(3):
+        p = int(np.argmax(np.abs(axes[:, j])))
+        code += letters[p][0 if axes[p, j] > 0 else 1]
+    return code
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -53,27 +82,44 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from ctdenoise.io import read_volume, write_volume
+    from ctdenoise.io import check_paths, read_volume, validate_output_path, write_volume
     from ctdenoise.physics import simulate_volume
 
-    _refuse_same_path(args.input, args.output)
+    check_paths(Path(args.input), Path(args.output))
     volume = read_volume(args.input)
+    validate_output_path(args.output, volume)
     options: dict[str, Any] = {"device": args.device}
     for key in ("photons", "electronic_noise", "views", "kernel"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
-    low = simulate_volume(volume, args.dose, seed=args.seed, **options)
+    if args.progress == "json":
+        options["progress"] = lambda done, total: print(
+            event_json("progress", slices_done=done, slices_total=total, fraction=round(done / total, 4)), flush=True
+        )
+    low = simulate_volume(volume, args.dose, seed=args.seed, force=args.force, **options)
     description = f"simulated {args.dose:g} dose (ctdenoise)"
     path = write_volume(low, args.output, series_description=description)
-    print(f"wrote {path} (simulated dose fraction {args.dose:g}, {volume.shape[0]} slices)")
+    if args.progress == "json":
+        print(event_json("done", output=str(path), dose=args.dose, slices=volume.shape[0]), flush=True)
+    else:
+        print(f"wrote {path} (simulated dose fraction {args.dose:g}, {volume.shape[0]} slices)")
     return 0
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ctdenoise.data import discover_dataset, discover_full_dose, discover_pair, prepare_cache, split_by_patient
+    from ctdenoise.data import (
+        check_cache_target,
+        discover_dataset,
+        discover_full_dose,
+        discover_pair,
+        prepare_cache,
+        split_by_patient,
+    )
 
+    _require_input(args.source)
+    check_cache_target(Path(args.out), args.overwrite)
     if args.low is not None:
         records = discover_pair(args.source, args.low, low_dose_fraction=args.low_dose_fraction)
     elif args.layout == "full":
@@ -106,7 +152,11 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _keep_record(record: Any, args: argparse.Namespace) -> bool:
-    if args.thickness is not None and record.thickness_mm is not None and abs(record.thickness_mm - args.thickness) > 1e-6:
+    if (
+        args.thickness is not None
+        and record.thickness_mm is not None
+        and abs(record.thickness_mm - args.thickness) > 1e-6
+    ):
         return False
     if args.kernel is not None and record.kernel is not None and record.kernel.upper() != args.kernel.upper():
         return False
@@ -124,65 +174,71 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     stop = _StopFlag()
     with stop:
-        result = train(config, Path(args.out), resume=args.resume, max_steps=args.max_steps, progress=not args.quiet, cancel=stop)
+        result = train(
+            config, Path(args.out), resume=args.resume, max_steps=args.max_steps, progress=not args.quiet, cancel=stop
+        )
     if stop():
         print(f"stopped at step {result.step}; state saved to {Path(args.out) / 'last.pt'} (continue with --resume)")
         return 130
     print(f"trained {result.step} steps in {result.seconds:.1f} s; model: {result.model_path}")
     if result.metrics:
-        print(json.dumps({k: result.metrics[k] for k in ("denoised", "low_dose_input") if k in result.metrics}, indent=2))
+        print(
+            json.dumps({k: result.metrics[k] for k in ("denoised", "low_dose_input") if k in result.metrics}, indent=2)
+        )
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from ctdenoise.checkpoints import TRAIN_STATE_FORMAT, export_model, load_torch_safely
+    from ctdenoise.export import export_source
 
     source = Path(args.state)
-    if source.is_dir():
-        source = source / "last.pt"
-    state = load_torch_safely(source)
-    if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
-        raise CTDenoiseError(f"{source} is not a ctdenoise training state: pass a run folder or its last.pt")
-    generators = {name: state["models"][name] for name in ("G_Q2F", "G_F2Q")}
-    path = export_model(generators, state["model_metadata"], args.out)
-    print(f"exported {path} (step {state['step']}, preset {state['model_metadata']['generator']['preset']})")
+    _require_input(args.state)
+    _refuse_same_path(str(source / "last.pt" if source.is_dir() else source), args.out)
+    _check_model_output(args.out)
+    if args.cache is not None:
+        _require_input(args.cache)
+    path, metadata = export_source(source, args.out, cache=args.cache)
+    limit = metadata.get("change_limit_hu")
+    print(
+        f"exported {path} (preset {metadata['generator']['preset']}, "
+        f"{(metadata.get('training') or {}).get('steps', '?')} steps, change limit {limit} HU)"
+    )
     return 0
 
 
 def _cmd_convert_seed(args: argparse.Namespace) -> int:
     from ctdenoise.checkpoints import convert_seed
 
+    _require_input(args.src)
+    _refuse_same_path(args.src, args.dst)
+    _check_model_output(args.dst)
     path = convert_seed(args.src, args.dst)
     print(f"converted {args.src} -> {path} (preset seed, normalisation HU clipped at -1000, /4000)")
     return 0
 
 
 def _cmd_denoise(args: argparse.Namespace) -> int:
-    from ctdenoise.inference import DenoiseCancelled, bundled_model_path, denoise_file
+    from ctdenoise.inference import Denoiser
+    from ctdenoise.options import DenoiseOptions
 
-    checkpoint = args.checkpoint if args.checkpoint is not None else bundled_model_path()
+    options = DenoiseOptions.from_cli(args)
     stop = _StopFlag()
     report = _progress_printer(args.progress)
     try:
         with stop:
-            summary = denoise_file(
-                args.input,
-                args.output,
-                checkpoint,
-                noise_out=args.noise_out,
-                device=args.device,
-                batch_size=args.batch_size,
-                strength=args.strength,
-                progress=report,
-                cancel=stop,
+            summary = Denoiser(args.checkpoint, options).file(
+                args.input, args.output, noise_output=args.noise_out, progress=report, cancel=stop
             )
     except DenoiseCancelled as exc:  # a CTDenoiseError, but a stop request exits like an interrupt
         print(f"error: {exc}", file=sys.stderr)
         return 130
     if args.progress == "json":
-        print(json.dumps({"event": "done", **summary}, default=str), flush=True)
+        print(event_json("done", **summary), flush=True)
     else:
-        print(f"wrote {summary.get('output', args.output)}")
+        print(
+            f"wrote {summary['output']} ({summary['slices']} slices in {summary['seconds']:.1f} s on "
+            f"{summary['runtime']} {summary['device']})"
+        )
     return 0
 
 
@@ -191,14 +247,25 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from ctdenoise.io import read_volume
 
     names = _candidate_names(args.names, args.candidates)
-    for output in filter(None, (args.json, args.markdown, args.png)):
+    for source in (args.reference, *args.candidates):
+        _require_input(source)
+    outputs = [
+        (path, suffix) for path, suffix in ((args.json, ".json"), (args.markdown, ".md"), (args.png, ".png")) if path
+    ]
+    for output, suffix in outputs:
         for source in (args.reference, *args.candidates):
             _refuse_same_path(source, output)
+        if not output.lower().endswith(suffix):
+            raise CTDenoiseError(f"output {output} should end in {suffix}: name it e.g. {Path(output).stem}{suffix}")
+    if len({Path(o).resolve() for o, _ in outputs}) != len(outputs):
+        raise CTDenoiseError("--json, --markdown and --png name the same file: give each its own path")
     roi = parse_roi(args.roi) if args.roi else None
     reference = read_volume(args.reference).array
     index = reference.shape[0] // 2 if args.slice is None else args.slice
     if args.png and not 0 <= index < reference.shape[0]:
-        raise CTDenoiseError(f"--slice {index} is outside the reference's slices 0..{reference.shape[0] - 1}: choose one inside")
+        raise CTDenoiseError(
+            f"--slice {index} is outside the reference's slices 0..{reference.shape[0] - 1}: choose one inside"
+        )
     volumes = {name: read_volume(path).array for name, path in zip(names, args.candidates)}
     result = compare_volumes(reference, volumes, window=args.window, roi=roi)
     table = metrics_markdown(result)
@@ -233,7 +300,9 @@ def _candidate_names(names: Optional[Sequence[str]], candidates: Sequence[str]) 
     """One distinct display name per candidate: ``--names`` or the file names."""
     chosen = list(names) if names else [Path(p).name for p in candidates]
     if len(chosen) != len(candidates):
-        raise CTDenoiseError(f"--names gives {len(chosen)} names for {len(candidates)} candidates: give one per candidate")
+        raise CTDenoiseError(
+            f"--names gives {len(chosen)} names for {len(candidates)} candidates: give one per candidate"
+        )
     if len(set(chosen)) != len(chosen):
         raise CTDenoiseError(f"candidate names {chosen} repeat: give distinct names with --names")
     return chosen
@@ -262,8 +331,14 @@ def _progress_printer(mode: str) -> Optional[Callable[[Any], None]]:
 
     def show(info: Any) -> None:
         if not bars:
-            bars.append(tqdm(total=info.slices_total, unit="slice", dynamic_ncols=True,
-                             bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} slices{postfix}"))
+            bars.append(
+                tqdm(
+                    total=info.slices_total,
+                    unit="slice",
+                    dynamic_ncols=True,
+                    bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} slices{postfix}",
+                )
+            )
         bar = bars[0]
         bar.set_postfix_str(f"{info.elapsed_s:.0f} s, {info.eta_s:.0f} s left on {info.device}", refresh=False)
         bar.update(info.slices_done - bar.n)
@@ -299,6 +374,30 @@ class _StopFlag:
         self.requested = True
 
 
+def _print_warning(message: str) -> None:
+    """A warning line on stderr."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _warnings_shown(as_json: bool) -> Iterator[None]:
+    """Show every engine warning as ``warning: ...`` on stderr, and as a JSON event on stdout when ``as_json``."""
+
+    def show(message: Any, category: type, *args: Any, **kwargs: Any) -> None:
+        if not issubclass(category, CTDenoiseWarning):
+            return previous(message, category, *args, **kwargs)
+        _print_warning(str(message))
+        if as_json:
+            print(event_json("warning", message=str(message)), flush=True)
+        return None
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", CTDenoiseWarning)
+        previous = warnings.showwarning
+        warnings.showwarning = show
+        yield
+
+
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     """Turn SIGTERM into KeyboardInterrupt while a command runs, so both stop it the same clean way."""
@@ -318,31 +417,28 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _require_input(path: str) -> None:
+    """Refuse a missing input before any work."""
+    if not Path(path).exists():
+        raise CTDenoiseError(f"input {path} does not exist: check the path")
+
+
+def _check_model_output(path: str) -> None:
+    """A model output must be a .safetensors path that is not an existing folder."""
+    target = Path(path)
+    if target.suffix.lower() != ".safetensors":
+        raise CTDenoiseError(f"model output {path} must end in .safetensors: e.g. {target.stem or 'model'}.safetensors")
+    if target.is_dir():
+        raise CTDenoiseError(f"model output {path} is a folder: give a file path ending in .safetensors")
+
+
 def _refuse_same_path(source: str, target: str) -> None:
     if Path(source).resolve() == Path(target).resolve():
         raise CTDenoiseError(f"output {target} is the input: choose another output path (inputs are never overwritten)")
 
 
-def _strength(text: str) -> float:
-    """argparse type: a number in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number between 0 (input unchanged) and 1 (fully denoised)")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return value
+TRAINING_EXTRAS = ("torch", "monai", "yaml", "matplotlib", "tensorboard", "onnx", "onnxscript")
+"""Packages of ``ctdenoise[torch]``: a command that needs one on a base install gets the install line."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -365,29 +461,73 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="print parameter counts and FLOPs per 512x512 slice of the network presets")
     p.set_defaults(func=_cmd_models)
 
-    p = sub.add_parser("simulate", help="simulate a low-dose scan from a full-dose one (projection-domain noise insertion)")
+    p = sub.add_parser(
+        "simulate", help="simulate a low-dose scan from a full-dose one (projection-domain noise insertion)"
+    )
     p.add_argument("input", help="full-dose CT: DICOM folder or file, NIfTI, NRRD or MHA")
     p.add_argument("output", help="output path (.nii.gz, .nrrd, .mha; no extension: a DICOM series folder)")
     p.add_argument("--dose", type=float, default=0.25, help="dose fraction in (0, 1] (default 0.25: quarter dose)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    p.add_argument("--photons", type=float, default=None, help="full-dose photons per ray (default: calibrated so the added noise matches the scan's own noise)")
-    p.add_argument("--electronic-noise", dest="electronic_noise", type=float, default=None, help="electronic noise std in counts")
+    p.add_argument(
+        "--photons",
+        type=float,
+        default=None,
+        help="full-dose photons per ray (default: calibrated so the added noise matches the scan's own noise)",
+    )
+    p.add_argument(
+        "--electronic-noise", dest="electronic_noise", type=float, default=None, help="electronic noise std in counts"
+    )
     p.add_argument("--views", type=int, default=None, help="projection views over 180 degrees")
     p.add_argument("--kernel", default=None, help="reconstruction filter: ramp, shepp-logan, cosine, hamming or hann")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--progress", default="none", choices=["json", "none"], help="json: one object per line on stdout")
+    p.add_argument(
+        "--force", action="store_true", help="simulate from input that does not look like HU instead of refusing it"
+    )
     p.set_defaults(func=_cmd_simulate)
 
-    p = sub.add_parser("prepare", help="convert a dataset into a training cache (int16 memory-mapped arrays + index.json)")
-    p.add_argument("source", help="dataset root (AAPM/Mayo tree, seed {train,test}/{full_dose,quarter_dose}, or a folder of full-dose volumes)")
+    p = sub.add_parser(
+        "prepare", help="convert a dataset into a training cache (int16 memory-mapped arrays + index.json)"
+    )
+    p.add_argument(
+        "source",
+        help="dataset root (AAPM/Mayo tree, seed {train,test}/{full_dose,quarter_dose}, or a folder of full-dose volumes)",
+    )
     p.add_argument("--out", required=True, help="cache folder to create")
-    p.add_argument("--layout", default="auto", choices=["auto", "aapm", "seed", "full"], help="dataset layout (default: detect; 'full': folder of full-dose volumes only)")
-    p.add_argument("--low", default=None, help="folder of low-dose volumes paired by name with SOURCE's full-dose volumes (generic layout)")
-    p.add_argument("--low-dose-fraction", type=float, default=0.25, help="dose fraction of --low volumes (default 0.25)")
-    p.add_argument("--simulate-dose", type=float, default=None, help="simulate this dose fraction for full-dose scans without a low-dose partner")
-    p.add_argument("--seed-pixel-spacing", type=float, default=0.7, help="pixel size in mm assumed for seed-layout .npy slices when simulating (default 0.7)")
+    p.add_argument(
+        "--layout",
+        default="auto",
+        choices=["auto", "aapm", "seed", "full"],
+        help="dataset layout (default: detect; 'full': folder of full-dose volumes only)",
+    )
+    p.add_argument(
+        "--low",
+        default=None,
+        help="folder of low-dose volumes paired by name with SOURCE's full-dose volumes (generic layout)",
+    )
+    p.add_argument(
+        "--low-dose-fraction", type=float, default=0.25, help="dose fraction of --low volumes (default 0.25)"
+    )
+    p.add_argument(
+        "--simulate-dose",
+        type=float,
+        default=None,
+        help="simulate this dose fraction for full-dose scans without a low-dose partner",
+    )
+    p.add_argument(
+        "--seed-pixel-spacing",
+        type=float,
+        default=0.7,
+        help="pixel size in mm assumed for seed-layout .npy slices when simulating (default 0.7)",
+    )
     p.add_argument("--thickness", type=float, default=None, help="keep only this slice thickness in mm (AAPM: 1 or 3)")
     p.add_argument("--kernel", default=None, help="keep only this reconstruction kernel (AAPM: B30 or D45)")
-    p.add_argument("--val-patients", nargs="*", default=None, help="patients held out for validation (default: a fraction chosen by seed)")
+    p.add_argument(
+        "--val-patients",
+        nargs="*",
+        default=None,
+        help="patients held out for validation (default: a fraction chosen by seed)",
+    )
     p.add_argument("--val-fraction", type=float, default=0.2, help="fraction of patients for validation (default 0.2)")
     p.add_argument("--seed", type=int, default=0, help="seed for the split and the simulation (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing cache")
@@ -399,13 +539,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (checkpoints, TensorBoard logs, model.safetensors)")
     p.add_argument("--max-steps", type=int, default=None, help="override train.max_steps")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
-    p.add_argument("--print-config", action="store_true", help="print the default configuration with documentation and exit")
+    p.add_argument(
+        "--print-config", action="store_true", help="print the default configuration with documentation and exit"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("export", help="export a training state to a .safetensors inference model")
-    p.add_argument("state", help="run folder or training state file (last.pt, checkpoints/step_N.pt)")
+    p = sub.add_parser(
+        "export", help="export a training state (or re-export a model) as a .safetensors inference model"
+    )
+    p.add_argument("state", help="run folder, training state (last.pt, checkpoints/step_N.pt) or .safetensors model")
     p.add_argument("--out", required=True, help="destination .safetensors")
+    p.add_argument(
+        "--cache", default=None, help="training cache to measure the change limit on (default: the run's own cache)"
+    )
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("convert-seed", help="import a checkpoint saved by the seed project (never unpickles code)")
@@ -416,23 +563,41 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("denoise", help="denoise a whole CT volume")
     p.add_argument("input", help="DICOM folder or file, NIfTI, NRRD or MHA")
     p.add_argument("output", help="output path (.nii.gz, .nrrd, .mha; no extension: a new DICOM series folder)")
-    p.add_argument("--checkpoint", default=None, help="model (.safetensors or training .pt); default: the bundled model")
-    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
-    p.add_argument("--batch-size", type=_positive_int, default=None, help="slices per batch (default: chosen for the device; halved on out-of-memory)")
-    p.add_argument("--strength", type=_strength, default=1.0, help="0..1: blend between input (0) and fully denoised (1)")
+    p.add_argument(
+        "--checkpoint", default=None, help="model (.safetensors, training .pt or seed .pth); default: the bundled model"
+    )
+    add_cli_arguments(p)
     p.add_argument("--noise-out", default=None, help="also write the removed noise (input minus output) here")
-    p.add_argument("--progress", default="bar", choices=["bar", "json", "none"], help="progress display; json: one object per line")
+    p.add_argument(
+        "--progress",
+        default="bar",
+        choices=["bar", "json", "none"],
+        help="progress display; json: one object per line on stdout (progress, warning, done)",
+    )
     p.set_defaults(func=_cmd_denoise)
 
-    p = sub.add_parser("compare", help="metrics (PSNR/SSIM/RMSE, ROI noise) and a side-by-side PNG against a full-dose reference")
+    p = sub.add_parser(
+        "compare", help="metrics (PSNR/SSIM/RMSE, ROI noise) and a side-by-side PNG against a full-dose reference"
+    )
     p.add_argument("reference", help="full-dose volume")
     p.add_argument("candidates", nargs="+", help="volumes of the same scan to compare (e.g. low dose, denoised)")
     p.add_argument("--names", nargs="+", default=None, help="a display name per candidate")
-    p.add_argument("--window", nargs=2, type=float, default=[-160.0, 240.0], metavar=("LOW", "HIGH"), help="HU window for PSNR/SSIM and the figure (default -160 240)")
-    p.add_argument("--roi", default=None, help="homogeneous region z0:z1,y0:y1,x0:x1 (voxels) for noise std and mean HU")
+    p.add_argument(
+        "--window",
+        nargs=2,
+        type=float,
+        default=[-160.0, 240.0],
+        metavar=("LOW", "HIGH"),
+        help="HU window for PSNR/SSIM and the figure (default -160 240)",
+    )
+    p.add_argument(
+        "--roi", default=None, help="homogeneous region z0:z1,y0:y1,x0:x1 (voxels) for noise std and mean HU"
+    )
     p.add_argument("--slice", type=int, default=None, help="slice shown in the PNG (default: the middle one)")
     p.add_argument("--png", default=None, help="write the side-by-side figure here")
-    p.add_argument("--json", default=None, help="write the metrics as JSON here (an infinite PSNR, identical images, is null)")
+    p.add_argument(
+        "--json", default=None, help="write the metrics as JSON here (an infinite PSNR, identical images, is null)"
+    )
     p.add_argument("--markdown", default=None, help="write the metrics table as Markdown here")
     p.set_defaults(func=_cmd_compare)
     return parser
@@ -443,7 +608,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        with _sigterm_as_interrupt():
+        with _sigterm_as_interrupt(), _warnings_shown(getattr(args, "progress", None) == "json"):
             return int(args.func(args) or 0)
     except CTDenoiseError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -451,6 +616,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except ImportError as exc:  # a command of the training extras on a CPU-only install
+        missing = (exc.name or "").split(".")[0]
+        if missing not in TRAINING_EXTRAS:
+            raise
+        print(
+            f"error: 'ctdenoise {args.command}' needs {missing}, part of the training extras: "
+            "pip install 'ctdenoise[torch]' (denoising on the CPU needs only the base install)",
+            file=sys.stderr,
+        )
+        return 2
     except BrokenPipeError:  # e.g. 'ctdenoise info X | head -1'
         sys.stderr.close()
         return 0
@@ -461,7 +636,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as exc:  # an engine bug: one line unless debugging
         if os.environ.get("CTDENOISE_DEBUG"):
             raise
-        print(f"error: internal error {type(exc).__name__}: {exc} (rerun with CTDENOISE_DEBUG=1 for details)", file=sys.stderr)
+        print(
+            f"error: internal error {type(exc).__name__}: {exc} (rerun with CTDENOISE_DEBUG=1 for details)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -30,7 +30,9 @@ def parse_roi(text: str) -> Roi:
         if len(parts) != 3 or any(len(p) != 2 or p[0] >= p[1] or p[0] < 0 for p in parts):
             raise ValueError
     except ValueError:
-        raise CTDenoiseError(f"ROI {text!r} is not of the form z0:z1,y0:y1,x0:x1 with start < end: e.g. 0:20,240:270,130:170") from None
+        raise CTDenoiseError(
+            f"ROI {text!r} is not of the form z0:z1,y0:y1,x0:x1 with start < end: e.g. 0:20,240:270,130:170"
+        ) from None
     return tuple(slice(a, b) for a, b in parts)  # type: ignore[return-value]
 
 
@@ -59,13 +61,17 @@ def compare_volumes(
     rows: dict[str, dict[str, float]] = {}
     if roi is not None:
         if reference.ndim != 3 or any(s.stop > n for s, n in zip(roi, reference.shape)):
-            raise CTDenoiseError(f"ROI {roi_text(roi)} lies outside the volume of shape {reference.shape}: choose a smaller ROI")
+            raise CTDenoiseError(
+                f"ROI {roi_text(roi)} lies outside the volume of shape {reference.shape}: choose a smaller ROI"
+            )
         rows[REFERENCE_NAME] = roi_statistics(reference, roi)
     for name, volume in candidates.items():
         if name == REFERENCE_NAME:
             raise CTDenoiseError(f"the name {REFERENCE_NAME!r} is reserved for the reference: rename the candidate")
         if volume.shape != reference.shape:
-            raise CTDenoiseError(f"{name} has shape {volume.shape}, the reference {reference.shape}: compare volumes of one scan")
+            raise CTDenoiseError(
+                f"{name} has shape {volume.shape}, the reference {reference.shape}: compare volumes of one scan"
+            )
         row = image_quality(volume, reference, (low, high))
         if roi is not None:
             row.update(roi_statistics(volume, roi))
@@ -144,7 +150,16 @@ def comparison_figure(
         ax.axis("off")
         if roi_yx is not None:
             ys, xs = roi_yx
-            ax.add_patch(Rectangle((xs.start, ys.start), xs.stop - xs.start, ys.stop - ys.start, fill=False, edgecolor="yellow", linewidth=1))
+            ax.add_patch(
+                Rectangle(
+                    (xs.start, ys.start),
+                    xs.stop - xs.start,
+                    ys.stop - ys.start,
+                    fill=False,
+                    edgecolor="yellow",
+                    linewidth=1,
+                )
+            )
         if cmap != "gray":
             fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02, label="HU")
     caption = f"window [{low:g}, {high:g}] HU (C {(low + high) / 2:g} / W {high - low:g})"

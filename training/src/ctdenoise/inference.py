@@ -1,468 +1,435 @@
-"""Whole-volume denoising: run the low-to-full-dose generator slice by slice over a CT volume.
+"""Whole-volume denoising: one engine for the Python API, the command line and the Slicer module.
 
-The generator works on axial slices in network units. :func:`denoise_array` feeds it batches of
-slices ``[B, 1, H, W]`` and turns its output back into HU with a *residual* formulation, so that
-voxels the normalisation clips (padding at -3024 HU, metal) keep their value; see its docstring.
-It picks a batch size per device, backs off on out-of-memory errors (halving the batch, then
-switching to MONAI sliding-window tiles), reports progress and can be cancelled between batches.
-:func:`denoise_volume` and :func:`denoise_file` wrap it for :class:`~ctdenoise.io.volume.Volume`
-objects and for files on disk.
+Data flows one way: voxels in HU -> the model's orientation (a view, see :mod:`ctdenoise.orientation`)
+-> the model's normalisation -> the generator on a runtime (:mod:`ctdenoise.runtimes`), slice by
+slice -> its *change* back in HU -> the input's storage order, geometry and dtype.
+
+The generator's output is used only as a change: ``out = hu + strength * clip(denorm(model(x)) -
+denorm(x), -L, L)``. Inside the normalisation range this equals the model's output; outside it
+(metal) the voxel keeps its own HU plus the change instead of snapping to the clip bound. ``L`` is
+the per-voxel change limit the model carries (measured on its training data at export), so a model
+out of its depth cannot paint spikes. Voxels at or below the padding value (outside the scan field)
+pass through unchanged, and no output voxel falls below the input's minimum.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import json
 import logging
-import math
-import numbers
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
-import torch
-from torch import nn
 
-from ctdenoise.checkpoints import ModelCheckpoint, load_checkpoint
-from ctdenoise.errors import CTDenoiseError
-from ctdenoise.io import Volume, read_volume, validate_output_path, write_volume
+from ctdenoise.errors import CTDenoiseError, DenoiseCancelled, warn
+from ctdenoise.hu import check_units, declared_padding, padding_threshold
+from ctdenoise.io import PADDING_KEYS, Volume, check_paths, read_volume, validate_output_path, write_volume
+from ctdenoise.modelfile import ModelDescription, read_model
+from ctdenoise.options import DenoiseOptions
+from ctdenoise.orientation import reorientation
+from ctdenoise.progress import ProgressInfo
+from ctdenoise.runtimes import Runtime, open_runtime
+from ctdenoise.runtimes.base import pad_to_multiple
+from ctdenoise.types import CancelCallback, PathLike, ProgressCallback
 
 logger = logging.getLogger(__name__)
 
 BUNDLED_MODEL_NAME = "ctdenoise_fast_v1.safetensors"
-DEFAULT_TILE = 256
-"""Sliding-window tile side when the checkpoint does not name its training patch size."""
-MIN_TILE = 32
-"""Smallest tile the out-of-memory fallback shrinks to before giving up."""
-TILE_OVERLAP = 0.25
-MAX_AUTO_BATCH = 64
-GPU_MEMORY_SHARE = 0.7
-"""Share of the free GPU memory the automatic batch size plans to use."""
 DICOM_LO_LENGTH = 64
 """Longest SeriesDescription DICOM allows."""
 
-PathLike = Union[str, Path]
-DeviceLike = Union[str, torch.device, None]
-
-
-class DenoiseCancelled(CTDenoiseError):
-    """The caller's ``cancel()`` returned True: denoising stopped and nothing was returned or written."""
-
-
-@dataclass(frozen=True)
-class ProgressInfo:
-    """Progress of one denoising run, reported after each batch of slices.
-
-    Attributes:
-        fraction: slices done / slices total, in [0, 1].
-        slices_done: slices finished so far.
-        slices_total: slices in the volume.
-        elapsed_s: seconds since the run started.
-        eta_s: estimated seconds left, from the mean speed so far.
-        device: the torch device, e.g. ``"cuda:0"`` or ``"cpu"``.
-        batch_size: network inputs per forward pass at this point (slices, or tiles when tiling).
-    """
-
-    fraction: float
-    slices_done: int
-    slices_total: int
-    elapsed_s: float
-    eta_s: float
-    device: str
-    batch_size: int
-
-    def to_json(self) -> str:
-        """One line of JSON (for ``--progress json``)."""
-        data = asdict(self)
-        for key in ("fraction", "elapsed_s", "eta_s"):
-            data[key] = round(data[key], 4)
-        return json.dumps({"event": "progress", **data}, sort_keys=True)
-
-
-def select_device(requested: DeviceLike = None) -> torch.device:
-    """Resolve a device request: ``None``/``"auto"`` picks CUDA, then Apple MPS, then the CPU.
-
-    Explicit ``"cpu"``, ``"cuda"``, ``"cuda:N"`` and ``"mps"`` are honoured or refused with a
-    :class:`CTDenoiseError` that says how to fix the request.
-    """
-    name = "auto" if requested is None else str(requested).strip().lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", torch.cuda.current_device())
-        return torch.device("mps") if _mps_available() else torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise CTDenoiseError(f"unknown device {requested!r}: use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cpu":
-        return device
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise CTDenoiseError(
-                f"device {name!r} requested but CUDA is not available to this PyTorch ({torch.__version__}): "
-                "use --device cpu (or auto), or install a CUDA build of PyTorch"
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise CTDenoiseError(
-                f"device {name!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist: "
-                f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}"
-            )
-        return device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
-    if device.type == "mps":
-        if not _mps_available():
-            raise CTDenoiseError("device 'mps' requested but Apple MPS is not available here: use --device cpu or auto")
-        return device
-    raise CTDenoiseError(f"device type {device.type!r} is not supported: use auto, cpu, cuda, cuda:N or mps")
-
-
-def _mps_available() -> bool:
-    """Whether Apple's Metal backend can be used."""
-    backend = getattr(torch.backends, "mps", None)
-    return bool(backend is not None and backend.is_available())
-
-
-# --------------------------------------------------------------------------------------------
-# The model call and its memory handling
-
-
-def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Run the generator on ``x`` ``[B, 1, H, W]``; every model call goes through here.
-
-    Kept as a module-level function so tests can replace it (e.g. to simulate out-of-memory).
-    """
-    return model(x)
-
-
-def _residual(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The generator's change ``model(x) - x`` in network units, as float32."""
-    return _forward(model, x).float() - x.float()
-
-
-def _is_out_of_memory(exc: BaseException) -> bool:
-    """Whether an exception is an allocator failure (CUDA, MPS or CPU) rather than a bug."""
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
-
-
-def _release_memory(device: torch.device) -> None:
-    """Return cached allocator blocks after an out-of-memory error."""
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    elif device.type == "mps":
-        torch.mps.empty_cache()
-
-
-def _prepare_model(generator: nn.Module, device: torch.device) -> nn.Module:
-    """The generator in eval mode on ``device`` (a copy off the CPU; channels-last on CUDA)."""
-    if device.type == "cpu":
-        return generator.eval()
-    model = copy.deepcopy(generator).eval()
-    if device.type == "cuda":
-        return model.to(device=device, memory_format=torch.channels_last)
-    return model.to(device)
-
-
-def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
-    """bf16 (or fp16 where bf16 is unsupported) autocast on CUDA when ``amp``; otherwise nothing."""
-    if not (amp and device.type == "cuda"):
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype)
-
-
-def _initial_batch_size(device: torch.device) -> int:
-    """Starting batch when none is given: 1 on CPU (best cancel latency, batching gains nothing
-    there), 4 on MPS, and 1 on CUDA where the first batch measures the memory one slice needs."""
-    return 4 if device.type == "mps" else 1
-
-
-def _cuda_batch_from_probe(device: torch.device, peak_bytes: int, slices_total: int) -> int:
-    """Batch size that fits ``GPU_MEMORY_SHARE`` of the available memory, given one slice's peak."""
-    free, _ = torch.cuda.mem_get_info(device)
-    available = free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    fits = int(GPU_MEMORY_SHARE * available // max(peak_bytes, 1))
-    return max(1, min(fits, MAX_AUTO_BATCH, slices_total))
-
-
-def _tile_size(checkpoint: ModelCheckpoint, max_slice_pixels: Optional[int]) -> int:
-    """Sliding-window tile side: twice the training patch (or 256), shrunk to fit ``max_slice_pixels``."""
-    patch = checkpoint.metadata.get("patch_size")
-    tile = 2 * int(patch) if patch else DEFAULT_TILE
-    if max_slice_pixels is not None:
-        tile = min(tile, max(16, math.isqrt(max_slice_pixels) // 16 * 16))
-    return tile
-
-
-def _tiled_residual(model: nn.Module, x: torch.Tensor, tile: int, tiles_per_batch: int) -> torch.Tensor:
-    """``model(x) - x`` computed on overlapping tiles blended with a Gaussian window (MONAI)."""
-    from monai.inferers import sliding_window_inference
-
-    roi = (min(tile, x.shape[-2]), min(tile, x.shape[-1]))
-    return sliding_window_inference(
-        x,
-        roi_size=roi,
-        sw_batch_size=tiles_per_batch,
-        predictor=lambda tiles: _residual(model, tiles),
-        overlap=TILE_OVERLAP,
-        mode="gaussian",
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Whole arrays
-
-
-def _check_array(hu: np.ndarray, strength: float) -> None:
-    """Refuse arrays and options the engine cannot denoise."""
-    if not isinstance(hu, np.ndarray) or hu.dtype.kind not in "iuf":
-        kind = hu.dtype if isinstance(hu, np.ndarray) else type(hu).__name__
-        raise CTDenoiseError(f"cannot denoise data of type {kind}: pass a real-valued numpy array of HU")
-    if hu.ndim not in (2, 3) or hu.size == 0:
-        raise CTDenoiseError(f"cannot denoise an array of shape {hu.shape}: pass [z, y, x] or [y, x] HU voxels")
-    if isinstance(strength, bool) or not (isinstance(strength, numbers.Real) and 0.0 <= float(strength) <= 1.0):
-        raise CTDenoiseError(f"strength must be a number between 0 and 1, got {strength!r}")
-    if hu.dtype.kind == "f" and not np.isfinite(hu).all():
-        bad = int(np.count_nonzero(~np.isfinite(hu)))
-        raise CTDenoiseError(f"the input has {bad} NaN or infinite voxels: fix or mask them before denoising")
-
-
-def _check_positive(name: str, value: Optional[int]) -> None:
-    """Refuse an option that is neither None nor a positive integer."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
-        raise CTDenoiseError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _cast_like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """float32 HU for float inputs; rounded and clipped to the range of an integer ``dtype``."""
-    if dtype.kind == "f":
-        return values
-    info = np.iinfo(dtype)
-    return np.clip(np.rint(values), info.min, info.max).astype(dtype)
-
-
-def denoise_array(
-    hu: np.ndarray,
-    checkpoint: ModelCheckpoint,
-    *,
-    device: DeviceLike = None,
-    batch_size: Optional[int] = None,
-    strength: float = 1.0,
-    progress: Optional[Callable[[ProgressInfo], None]] = None,
-    cancel: Optional[Callable[[], bool]] = None,
-    amp: bool = True,
-    max_slice_pixels: Optional[int] = None,
-) -> np.ndarray:
-    """Denoise HU voxels ``[z, y, x]`` (or one slice ``[y, x]``) slice by slice.
-
-    The network sees ``x = norm(hu)``, which clips HU to the checkpoint's ``[hu_min, hu_max]``.
-    Its output is used only as a change: ``out = hu + (denorm(model(x)) - denorm(x))``. Inside the
-    range this equals ``denorm(model(x))``; outside it (padding at -3024 HU, metal) the voxel keeps
-    its own HU plus the network's change, instead of snapping to the clip bound. ``strength``
-    scales that change: ``out = hu + strength * (denoised - hu)``.
-
-    Args:
-        hu: HU voxels of any real dtype, all finite.
-        checkpoint: the model (from :func:`~ctdenoise.checkpoints.load_checkpoint`).
-        device: see :func:`select_device`; ``None`` means auto.
-        batch_size: slices per forward pass; ``None`` picks one per device (on CUDA, from the
-            free memory after the first slice). Out-of-memory errors halve it and retry; at 1 the
-            slices are processed as overlapping tiles (MONAI sliding window, Gaussian blending).
-        strength: 0 returns the input's values unchanged (a copy, in the output dtype below), 1 the
-            full denoising.
-        progress: called with a :class:`ProgressInfo` after each batch.
-        cancel: polled before each batch; returning True raises :class:`DenoiseCancelled`.
-        amp: bf16/fp16 autocast on CUDA.
-        max_slice_pixels: slices with more pixels than this are always tiled.
-
-    Returns:
-        float32 HU for float input (whatever its precision, strength 0 included); for integer input
-        the same integer dtype in native byte order, rounded and clipped to its range. Same shape as
-        ``hu``.
-    """
-    _check_array(hu, strength)
-    _check_positive("batch size", batch_size)
-    _check_positive("max_slice_pixels", max_slice_pixels)
-    target = select_device(device)
-    dtype = np.dtype(np.float32) if hu.dtype.kind == "f" else hu.dtype.newbyteorder("=")
-    if float(strength) == 0.0:
-        return hu.astype(dtype)
-    slices = hu[None] if hu.ndim == 2 else hu
-    out = np.empty(slices.shape, dtype=dtype)
-    run = _SliceRun(checkpoint, target, batch_size, amp, max_slice_pixels, slices.shape)
-    for start, stop, residual in run.batches(slices, cancel, progress):
-        chunk = slices[start:stop].astype(np.float32)
-        out[start:stop] = _cast_like(chunk + np.float32(strength) * residual, out.dtype)
-    return out.reshape(hu.shape)
-
-
-class _SliceRun:
-    """One pass over a stack of slices: batching, out-of-memory back-off, tiling and progress."""
-
-    def __init__(
-        self,
-        checkpoint: ModelCheckpoint,
-        device: torch.device,
-        batch_size: Optional[int],
-        amp: bool,
-        max_slice_pixels: Optional[int],
-        shape: tuple[int, ...],
-    ) -> None:
-        self.device = device
-        self.normalization = checkpoint.normalization
-        self.model = _prepare_model(checkpoint.generator, device)
-        self.amp = amp
-        self.probe = batch_size is None and device.type == "cuda"
-        self.batch = int(batch_size) if batch_size else _initial_batch_size(device)
-        self.tile = _tile_size(checkpoint, max_slice_pixels)
-        self.tiled = max_slice_pixels is not None and shape[1] * shape[2] > max_slice_pixels
-        self.total = shape[0]
-
-    def batches(
-        self,
-        slices: np.ndarray,
-        cancel: Optional[Callable[[], bool]],
-        progress: Optional[Callable[[ProgressInfo], None]],
-    ) -> Iterator[tuple[int, int, np.ndarray]]:
-        """Yield ``(start, stop, residual_hu)`` for consecutive slice ranges until all are done."""
-        started = time.perf_counter()
-        done = 0
-        while done < self.total:
-            if cancel is not None and cancel():
-                raise DenoiseCancelled("denoising cancelled: no output was written")
-            stop = min(done + (1 if self.tiled else self.batch), self.total)
-            residual = self._attempt(slices[done:stop])
-            if residual is None:
-                continue
-            yield done, stop, residual
-            done = stop
-            if progress is not None:
-                progress(self._info(done, time.perf_counter() - started))
-
-    def _info(self, done: int, elapsed: float) -> ProgressInfo:
-        """Progress after ``done`` slices."""
-        eta = elapsed / done * (self.total - done)
-        return ProgressInfo(done / self.total, done, self.total, elapsed, eta, str(self.device), self.batch)
-
-    def _attempt(self, chunk: np.ndarray) -> Optional[np.ndarray]:
-        """The HU residual of ``chunk``, or None after an out-of-memory error (settings adjusted)."""
-        probing = self.probe and not self.tiled
-        if probing:
-            torch.cuda.reset_peak_memory_stats(self.device)
-            baseline = torch.cuda.memory_allocated(self.device)
-        try:
-            residual = self._residual_hu(chunk)
-        except RuntimeError as exc:
-            if not _is_out_of_memory(exc):
-                raise
-        else:
-            if probing:
-                peak = torch.cuda.max_memory_allocated(self.device) - baseline
-                self.batch = _cuda_batch_from_probe(self.device, peak // len(chunk), self.total)
-                self.probe = False
-                logger.info("batch size %d on %s (one slice peaks at %.0f MiB)", self.batch, self.device, peak / 2**20)
-            return residual
-        self._back_off(self.batch if self.tiled else len(chunk))  # outside the except: frees the failed tensors
-        return None
-
-    def _back_off(self, attempted: int) -> None:
-        """Shrink the work per forward pass after an out-of-memory error, or give up."""
-        _release_memory(self.device)
-        self.probe = False
-        if self.batch > 1:
-            self.batch = max(1, min(self.batch, attempted) // 2)
-            logger.warning("out of memory on %s: retrying with batch size %d", self.device, self.batch)
-        elif not self.tiled:
-            self.tiled = True
-            logger.warning("out of memory on %s for one slice: switching to %d-pixel tiles", self.device, self.tile)
-        elif self.tile > MIN_TILE:
-            self.tile //= 2
-            logger.warning("out of memory on %s: retrying with %d-pixel tiles", self.device, self.tile)
-        else:
-            raise CTDenoiseError(
-                f"out of memory on {self.device} even for {self.tile}-pixel tiles: use --device cpu or free memory"
-            )
-
-    def _residual_hu(self, chunk: np.ndarray) -> np.ndarray:
-        """``denorm(model(x)) - denorm(x)`` in HU for a chunk of slices ``[n, H, W]``."""
-        with torch.inference_mode():
-            hu = torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32)).to(self.device)
-            x = self.normalization.normalize(hu[:, None])
-            if self.device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(self.device, self.amp):
-                if self.tiled:
-                    change = _tiled_residual(self.model, x, self.tile, self.batch)
-                else:
-                    change = _residual(self.model, x)
-            return (change[:, 0].float() * self.normalization.scale).cpu().numpy()
-
-
-# --------------------------------------------------------------------------------------------
-# Volumes and files
-
-
-def checkpoint_summary(checkpoint: ModelCheckpoint) -> dict[str, Any]:
-    """The facts about a model that are recorded with its outputs."""
-    meta = checkpoint.metadata
-    return {
-        "file": checkpoint.path.name,
-        "preset": checkpoint.preset,
-        "created": meta.get("created"),
-        "package_version": meta.get("package_version"),
-        "source": meta.get("source"),
-        "normalization": checkpoint.normalization.to_dict(),
-    }
-
-
-def denoise_volume(volume: Volume, checkpoint: ModelCheckpoint, **options: Any) -> Volume:
-    """Denoise a :class:`Volume`; geometry and metadata are kept.
-
-    ``options`` are those of :func:`denoise_array`. The result's metadata gains
-    ``denoised_with`` (:func:`checkpoint_summary`) and ``strength``.
-    """
-    array = denoise_array(volume.array, checkpoint, **options)
-    strength = float(options.get("strength", 1.0))
-    return volume.with_array(array, denoised_with=checkpoint_summary(checkpoint), strength=strength)
+ModelLike = Union[PathLike, ModelDescription, None]
+"""A model: a file path, a validated :class:`~ctdenoise.modelfile.ModelFile`, a loaded
+:class:`~ctdenoise.checkpoints.ModelCheckpoint`, or None for the bundled model."""
 
 
 def bundled_model_path() -> Path:
-    """Path of the model shipped inside the package (``ctdenoise/models/``)."""
+    """Path of the model shipped inside the package (``ctdenoise/models/``).
+
+    Examples:
+        >>> bundled_model_path().name
+        'ctdenoise_fast_v1.safetensors'
+    """
     path = Path(__file__).resolve().parent / "models" / BUNDLED_MODEL_NAME
     if not path.is_file():
         raise CTDenoiseError(f"no bundled model found at {path}: pass --checkpoint")
     return path
 
 
-def series_description(volume: Volume, what: str, checkpoint: ModelCheckpoint, strength: float) -> str:
+def describe_model(model: ModelLike = None) -> ModelDescription:
+    """A validated description of ``model``; files are checked without PyTorch where possible.
+
+    ``.safetensors`` files are read by :func:`~ctdenoise.modelfile.read_model`; training states and
+    seed files (``.pt``, ``.pth``) need PyTorch and are loaded whole.
+    """
+    if isinstance(model, ModelDescription):
+        return model
+    path = bundled_model_path() if model is None else Path(model)
+    if path.suffix.lower() == ".safetensors" or not path.is_file():
+        return read_model(path)
+    from ctdenoise.checkpoints import load_checkpoint
+
+    return load_checkpoint(path)
+
+
+@dataclass
+class DenoiseResult:
+    """The outcome of :func:`denoise_volume`.
+
+    Attributes:
+        volume: the denoised volume, with the input's geometry and metadata (plus ``denoised_with``).
+        source: the input volume.
+        model: the model's summary (:meth:`~ctdenoise.modelfile.ModelDescription.summary`).
+        options: the options used.
+        runtime, device, precision: where and how the network ran.
+        seconds: wall time of the run.
+        clamped_voxels: voxels whose change hit the model's change limit.
+        padding_voxels: voxels outside the scan field, passed through unchanged.
+        warnings: what looked wrong about the input or the model (also emitted as warnings).
+
+    Examples:
+        >>> from ctdenoise import denoise_volume, read_volume
+        >>> result = denoise_volume(read_volume("../data/tcga_lung_ctmi/ID_0008_AGE_0051_CONTRAST_1_CT.dcm"))
+        >>> result.padding_voxels, result.summary()["runtime"] in ("torch", "onnxruntime")
+        (55772, True)
+    """
+
+    volume: Volume
+    source: Volume
+    model: dict[str, Any]
+    options: DenoiseOptions
+    runtime: str
+    device: str
+    precision: str
+    seconds: float
+    clamped_voxels: int = 0
+    padding_voxels: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def noise(self) -> Volume:
+        """The removed noise, input minus output, as a float32 volume with the input's geometry."""
+        noise = self.source.with_array((self.source.array - self.volume.array).astype(np.float32))
+        for key in PADDING_KEYS:  # the noise is 0 outside the scan field, not the padding value
+            noise.metadata.pop(key, None)
+        return noise
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready facts about the run (what ``--progress json`` reports as ``done``)."""
+        return {
+            "slices": self.source.shape[0],
+            "shape": list(self.source.shape),
+            "seconds": round(self.seconds, 3),
+            "runtime": self.runtime,
+            "device": self.device,
+            "precision": self.precision,
+            "strength": self.options.strength,
+            "clamped_voxels": self.clamped_voxels,
+            "padding_voxels": self.padding_voxels,
+            "warnings": list(self.warnings),
+            "model": self.model,
+        }
+
+
+@dataclass
+class _SliceStats:
+    clamped: int = 0
+
+
+class Denoiser:
+    """A model opened once on a runtime, for denoising many arrays, volumes or files.
+
+    The module-level :func:`denoise_array`, :func:`denoise_volume` and :func:`denoise_file` make
+    one per call; keep one yourself to avoid reopening the model.
+
+    Examples:
+        >>> from ctdenoise import Denoiser, DenoiseOptions, read_volume
+        >>> volume = read_volume("../data/totalsegmentator/example_ct_sm.nii.gz")
+        >>> denoiser = Denoiser(options=DenoiseOptions(device="cpu"))
+        >>> result = denoiser.volume(volume)
+        >>> result.volume.shape == volume.shape
+        True
+    """
+
+    def __init__(self, model: ModelLike = None, options: Optional[DenoiseOptions] = None) -> None:
+        self.options = options or DenoiseOptions()
+        if not isinstance(self.options, DenoiseOptions):
+            raise CTDenoiseError(f"options must be a DenoiseOptions, got {type(self.options).__name__}")
+        self.model = describe_model(model)
+        self._runtime: Optional[Runtime] = None
+
+    def open(self) -> Runtime:
+        """The runtime, opened on first use (resolves the device, builds or loads the network)."""
+        if self._runtime is None:
+            self._runtime = open_runtime(self.model, self.options)
+        return self._runtime
+
+    # ---------------------------------------------------------------------------------- arrays
+    def array(
+        self,
+        hu: np.ndarray,
+        *,
+        padding_hu: Optional[float] = None,
+        progress: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelCallback] = None,
+    ) -> np.ndarray:
+        """Denoise HU voxels ``[z, y, x]`` (or one slice ``[y, x]``) already in the model's orientation.
+
+        Returns float32 HU for float input; for integer input the same integer dtype (native byte
+        order), rounded and clipped to its range. Same shape as ``hu``.
+        """
+        _check_array(hu)
+        for message in check_units(hu, force=self.options.force, where="the input"):
+            warn(message)
+        out = np.empty(hu.shape, dtype=_output_dtype(hu))
+        slices = hu[None] if hu.ndim == 2 else hu
+        self._run(
+            slices, out.reshape(slices.shape), padding_threshold(hu, padding_hu), float(hu.min()), progress, cancel
+        )
+        return out
+
+    def _run(
+        self,
+        slices: np.ndarray,
+        out: np.ndarray,
+        padding: Optional[float],
+        floor: float,
+        progress: Optional[ProgressCallback],
+        cancel: Optional[CancelCallback],
+    ) -> _SliceStats:
+        """Fill ``out`` (a view, possibly reoriented) from ``slices``; see the module docstring."""
+        stats = _SliceStats()
+        strength = np.float32(self.options.strength)
+        if strength == 0.0:
+            out[...] = _cast(slices.astype(np.float32), out.dtype)
+            return stats
+        runtime = self.open()
+        multiple = self.model.size_multiple
+        normalization = self.model.normalization
+        scale, limit = np.float32(normalization.scale), np.float32(self.model.change_limit_hu)
+        total, done, started = slices.shape[0], 0, time.perf_counter()
+        while done < total:
+            if cancel is not None and cancel():
+                raise DenoiseCancelled("denoising cancelled: no output was written")
+            stop = min(done + runtime.batch_size, total)
+            hu = np.ascontiguousarray(slices[done:stop], dtype=np.float32)
+            change = runtime.change(pad_to_multiple(normalization.normalize(hu)[:, None].astype(np.float32), multiple))
+            if change is None:  # out of memory: the runtime adjusted itself, retry the same slices
+                continue
+            change = change[:, : hu.shape[1], : hu.shape[2]]
+            change *= scale
+            over = np.abs(change) > limit
+            np.clip(change, -limit, limit, out=change)
+            result = hu + strength * change
+            if padding is not None:
+                outside = hu <= padding
+                np.copyto(result, hu, where=outside)
+                over &= ~outside
+            stats.clamped += int(np.count_nonzero(over))
+            np.maximum(result, np.float32(floor), out=result)
+            out[done:stop] = _cast(result, out.dtype)
+            done = stop
+            if progress is not None:
+                elapsed = time.perf_counter() - started
+                progress(
+                    ProgressInfo(
+                        done / total,
+                        done,
+                        total,
+                        elapsed,
+                        elapsed / done * (total - done),
+                        runtime.device,
+                        runtime.batch_size,
+                        runtime.name,
+                    )
+                )
+        return stats
+
+    # --------------------------------------------------------------------------------- volumes
+    def volume(
+        self, volume: Volume, *, progress: Optional[ProgressCallback] = None, cancel: Optional[CancelCallback] = None
+    ) -> DenoiseResult:
+        """Denoise a :class:`~ctdenoise.io.Volume` in whatever orientation it is stored; geometry is kept."""
+        started = time.perf_counter()
+        name = str(volume.metadata.get("source_path") or "the input")
+        messages = check_units(volume.array, force=self.options.force, where=name)
+        turn = reorientation(volume.direction, self.model.orientation)
+        if not turn.is_identity:
+            logger.info("%s is stored %s; the network sees it as %s", name, turn, self.model.orientation)
+        messages += self.model.spacing_warnings(turn.target_spacing(volume.spacing))
+        for message in messages:
+            warn(message)
+        padding = padding_threshold(volume.array, declared_padding(volume.metadata))
+        out = np.empty(volume.shape, dtype=_output_dtype(volume.array))
+        stats = self._run(
+            turn.to_target(volume.array), turn.to_target(out), padding, float(volume.array.min()), progress, cancel
+        )
+        summary = self.model.summary()
+        denoised = volume.with_array(out, denoised_with=summary, strength=self.options.strength)
+        runtime = self._runtime
+        return DenoiseResult(
+            volume=denoised,
+            source=volume,
+            model=summary,
+            options=self.options,
+            runtime=runtime.name if runtime else "none",
+            device=runtime.device if runtime else "none",
+            precision=runtime.precision if runtime else "none",
+            seconds=time.perf_counter() - started,
+            clamped_voxels=stats.clamped,
+            padding_voxels=0 if padding is None else int(np.count_nonzero(volume.array <= padding)),
+            warnings=list(volume.metadata.get("warnings") or []) + messages,
+        )
+
+    # ----------------------------------------------------------------------------------- files
+    def file(
+        self,
+        input_path: PathLike,
+        output_path: PathLike,
+        *,
+        noise_output: Optional[PathLike] = None,
+        progress: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelCallback] = None,
+    ) -> dict[str, Any]:
+        """Read a CT volume, denoise it and write the result (and optionally the removed noise).
+
+        Everything that can be checked is checked before the long computation: the paths (see
+        :func:`check_paths`), the model, the device and the input. The format of each output
+        follows its path (see :func:`~ctdenoise.io.write_volume`); DICOM outputs copy the input's
+        headers with a new series described as ``"<original> denoised (ctdenoise <preset>, strength
+        s)"``. ``noise_output`` receives input minus output. On an error or a cancel nothing is left
+        at either output path.
+
+        Returns:
+            :meth:`DenoiseResult.summary` plus ``input``, ``output`` and ``noise_output``.
+        """
+        started = time.perf_counter()
+        source_path, output = Path(input_path), Path(output_path)
+        noise = None if noise_output is None else Path(noise_output)
+        check_paths(source_path, output, noise)
+        self.open()
+        source = read_volume(source_path)
+        validate_output_path(output, source)
+        if noise is not None:
+            validate_output_path(noise, source)
+        result = self.volume(source, progress=progress, cancel=cancel)
+        if cancel is not None and cancel():
+            raise DenoiseCancelled("denoising cancelled: no output was written")
+        written, written_noise = _write_outputs(result, output, noise)
+        return {
+            "input": str(source_path),
+            "output": str(written),
+            "noise_output": None if written_noise is None else str(written_noise),
+            **result.summary(),
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+
+
+def _check_array(hu: Any) -> None:
+    """Refuse arrays the engine cannot denoise."""
+    if not isinstance(hu, np.ndarray) or hu.dtype.kind not in "iuf":
+        kind = hu.dtype if isinstance(hu, np.ndarray) else type(hu).__name__
+        raise CTDenoiseError(f"cannot denoise data of type {kind}: pass a real-valued numpy array of HU")
+    if hu.ndim not in (2, 3) or hu.size == 0:
+        raise CTDenoiseError(f"cannot denoise an array of shape {hu.shape}: pass [z, y, x] or [y, x] HU voxels")
+    if hu.dtype.kind == "f" and not np.isfinite(hu).all():
+        bad = int(np.count_nonzero(~np.isfinite(hu)))
+        raise CTDenoiseError(f"the input has {bad} NaN or infinite voxels: fix or mask them before denoising")
+
+
+def _output_dtype(hu: np.ndarray) -> np.dtype:
+    """float32 for float input; the input's integer dtype in native byte order otherwise."""
+    return np.dtype(np.float32) if hu.dtype.kind == "f" else hu.dtype.newbyteorder("=")
+
+
+def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """float32 HU for float outputs; rounded and clipped to the range of an integer ``dtype``."""
+    if dtype.kind == "f":
+        return values.astype(dtype, copy=False)
+    info = np.iinfo(dtype)
+    return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+
+
+# ------------------------------------------------------------------------------ the flat API
+
+
+def denoise_array(
+    hu: np.ndarray,
+    model: ModelLike = None,
+    options: Optional[DenoiseOptions] = None,
+    *,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelCallback] = None,
+) -> np.ndarray:
+    """Denoise HU voxels ``[z, y, x]`` or ``[y, x]`` stored in the model's orientation (axial, ``LPS``).
+
+    Arrays carry no geometry: use :func:`denoise_volume` for volumes stored in any orientation.
+
+    Examples:
+        >>> import numpy as np
+        >>> from ctdenoise import denoise_array, read_volume
+        >>> hu = read_volume("../data/totalsegmentator/example_ct_dicom").array[:2]
+        >>> out = denoise_array(hu)
+        >>> out.shape, out.dtype
+        ((2, 512, 512), dtype('float32'))
+    """
+    return Denoiser(model, options).array(hu, progress=progress, cancel=cancel)
+
+
+def denoise_volume(
+    volume: Volume,
+    model: ModelLike = None,
+    options: Optional[DenoiseOptions] = None,
+    *,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelCallback] = None,
+) -> DenoiseResult:
+    """Denoise a :class:`~ctdenoise.io.Volume`, stored in any orientation; returns a :class:`DenoiseResult`.
+
+    Examples:
+        >>> from ctdenoise import DenoiseOptions, denoise_volume, read_volume
+        >>> volume = read_volume("../data/totalsegmentator/example_ct_sm.nii.gz")
+        >>> result = denoise_volume(volume, options=DenoiseOptions(strength=0.8))
+        >>> result.volume.spacing == volume.spacing, result.noise().shape == volume.shape
+        (True, True)
+    """
+    return Denoiser(model, options).volume(volume, progress=progress, cancel=cancel)
+
+
+def denoise_file(
+    input_path: PathLike,
+    output_path: PathLike,
+    model: ModelLike = None,
+    options: Optional[DenoiseOptions] = None,
+    *,
+    noise_output: Optional[PathLike] = None,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelCallback] = None,
+) -> dict[str, Any]:
+    """Read, denoise and write one CT volume (see :meth:`Denoiser.file`); returns a JSON-ready summary.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> from ctdenoise import denoise_file
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "denoised.nii.gz"
+        >>> summary = denoise_file("../data/totalsegmentator/example_ct_sm.nii.gz", out)
+        >>> summary["output"] == str(out.absolute()), summary["model"]["preset"]
+        (True, 'fast')
+    """
+    return Denoiser(model, options).file(
+        input_path, output_path, noise_output=noise_output, progress=progress, cancel=cancel
+    )
+
+
+# ------------------------------------------------------------------------------------ outputs
+
+
+def series_description(volume: Volume, what: str, model: dict[str, Any], strength: float) -> str:
     """``"<original> <what> (ctdenoise <preset>, strength s)"``, within DICOM's 64 characters."""
-    suffix = f" {what} (ctdenoise {checkpoint.preset}, strength {strength:g})"
+    suffix = f" {what} (ctdenoise {model['preset']}, strength {strength:g})"
     original = str(volume.metadata.get("series_description") or "CT")
     return original[: max(0, DICOM_LO_LENGTH - len(suffix))].rstrip() + suffix
-
-
-def _same_or_nested(a: Path, b: Path) -> bool:
-    """Whether two resolved paths are equal or one lies inside the other."""
-    return a == b or a in b.parents or b in a.parents
-
-
-def _check_paths(source: Path, output: Path, noise_out: Optional[Path]) -> None:
-    """Refuse outputs that would overwrite the input or each other, and invalid output paths."""
-    if output.resolve() == source.resolve():
-        raise CTDenoiseError(f"output {output} is the input: choose a different output path")
-    validate_output_path(output)
-    if noise_out is None:
-        return
-    if noise_out.resolve() == source.resolve():
-        raise CTDenoiseError(f"noise output {noise_out} is the input: choose a different path")
-    if _same_or_nested(noise_out.resolve(), output.resolve()):
-        raise CTDenoiseError(f"noise output {noise_out} collides with the output {output}: choose separate paths")
-    validate_output_path(noise_out)
 
 
 def _remove(entries: list[Path]) -> None:
@@ -474,84 +441,24 @@ def _remove(entries: list[Path]) -> None:
             entry.unlink(missing_ok=True)
 
 
-def _write_outputs(
-    source: Volume,
-    denoised: Volume,
-    output: Path,
-    noise_out: Optional[Path],
-    checkpoint: ModelCheckpoint,
-    strength: float,
-) -> tuple[Path, Optional[Path]]:
+def _write_outputs(result: DenoiseResult, output: Path, noise_out: Optional[Path]) -> tuple[Path, Optional[Path]]:
     """Write the removed noise (if asked) and then the denoised volume; on failure leave neither.
 
     Undoing the noise output removes exactly the paths its write put in place (see ``created`` in
     :func:`~ctdenoise.io.write_volume`): a noise folder that existed empty is left empty.
     """
+    source, strength = result.source, result.options.strength
     written_noise = None
     noise_paths: list[Path] = []
     if noise_out is not None:
-        noise = source.with_array((source.array - denoised.array).astype(np.float32))
-        description = series_description(source, "removed noise", checkpoint, strength)
+        description = series_description(source, "removed noise", result.model, strength)
         written_noise = write_volume(
-            noise, noise_out, reference=source, series_description=description, created=noise_paths
+            result.noise(), noise_out, reference=source, series_description=description, created=noise_paths
         )
     try:
-        description = series_description(source, "denoised", checkpoint, strength)
-        written = write_volume(denoised, output, reference=source, series_description=description)
+        description = series_description(source, "denoised", result.model, strength)
+        written = write_volume(result.volume, output, reference=source, series_description=description)
     except BaseException:
         _remove(noise_paths)
         raise
     return written, written_noise
-
-
-def denoise_file(
-    input_path: PathLike,
-    output_path: PathLike,
-    checkpoint: Union[PathLike, ModelCheckpoint],
-    *,
-    noise_out: Optional[PathLike] = None,
-    device: DeviceLike = None,
-    batch_size: Optional[int] = None,
-    strength: float = 1.0,
-    progress: Optional[Callable[[ProgressInfo], None]] = None,
-    cancel: Optional[Callable[[], bool]] = None,
-) -> dict[str, Any]:
-    """Read a CT volume, denoise it and write the result (and optionally the removed noise).
-
-    Everything that can be checked is checked before the long computation: the paths (the output
-    may not be the input; unknown extensions and non-empty DICOM folders are refused), the
-    checkpoint, the device and the input. The format of each output follows its path (see
-    :func:`~ctdenoise.io.write_volume`); DICOM outputs copy the input's headers with a new series
-    described as ``"<original> denoised (ctdenoise <preset>, strength s)"``. ``noise_out`` receives
-    input minus output. On an error or a cancel nothing is left at either output path.
-
-    Returns:
-        A summary: ``input``, ``output``, ``noise_output`` (or None), ``slices``, ``shape``,
-        ``seconds``, ``device``, ``strength`` and ``model`` (:func:`checkpoint_summary`).
-    """
-    started = time.perf_counter()
-    source_path, output, noise = Path(input_path), Path(output_path), None if noise_out is None else Path(noise_out)
-    _check_paths(source_path, output, noise)
-    model = checkpoint if isinstance(checkpoint, ModelCheckpoint) else load_checkpoint(checkpoint)
-    target = select_device(device)
-    source = read_volume(source_path)
-    validate_output_path(output, source)
-    if noise is not None:
-        validate_output_path(noise, source)
-    denoised = denoise_volume(
-        source, model, device=target, batch_size=batch_size, strength=strength, progress=progress, cancel=cancel
-    )
-    if cancel is not None and cancel():
-        raise DenoiseCancelled("denoising cancelled: no output was written")
-    written, written_noise = _write_outputs(source, denoised, output, noise, model, float(strength))
-    return {
-        "input": str(source_path),
-        "output": str(written),
-        "noise_output": None if written_noise is None else str(written_noise),
-        "slices": source.shape[0],
-        "shape": list(source.shape),
-        "seconds": round(time.perf_counter() - started, 3),
-        "device": str(target),
-        "strength": float(strength),
-        "model": checkpoint_summary(model),
-    }

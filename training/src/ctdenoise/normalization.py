@@ -10,11 +10,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
-import numpy as np
-import torch
-
 from ctdenoise.errors import CTDenoiseError
-
 
 
 @dataclass(frozen=True)
@@ -34,9 +30,7 @@ class HUNormalization:
         if not (math.isfinite(self.scale) and self.scale > 0):
             raise CTDenoiseError(f"normalisation scale must be a positive number, got {self.scale}")
         if self.hu_min is not None and self.hu_max is not None and self.hu_min >= self.hu_max:
-            raise CTDenoiseError(
-                f"normalisation hu_min ({self.hu_min}) must be below hu_max ({self.hu_max})"
-            )
+            raise CTDenoiseError(f"normalisation hu_min ({self.hu_min}) must be below hu_max ({self.hu_max})")
 
     @classmethod
     def seed(cls) -> "HUNormalization":
@@ -56,10 +50,15 @@ class HUNormalization:
         return asdict(self)
 
     def normalize(self, hu):  # type: ignore[no-untyped-def]
-        """HU (numpy array or tensor) -> network units; clips to ``[hu_min, hu_max]``."""
-        clip = torch.clamp if isinstance(hu, torch.Tensor) else np.clip
+        """HU (numpy array or torch tensor) -> network units; clips to ``[hu_min, hu_max]``.
+
+        Examples:
+            >>> import numpy as np
+            >>> HUNormalization().normalize(np.array([-3024.0, 0.0, 1000.0]))
+            array([-1.024,  0.   ,  1.   ])
+        """
         if self.hu_min is not None or self.hu_max is not None:
-            hu = clip(hu, self.hu_min, self.hu_max)
+            hu = hu.clip(self.hu_min, self.hu_max)  # the same method on numpy arrays and torch tensors
         return (hu - self.offset) / self.scale
 
     def denormalize(self, x):  # type: ignore[no-untyped-def]

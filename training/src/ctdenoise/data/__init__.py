@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ctdenoise.data.cache import CacheEntry, CacheIndex, load_cache, prepare_cache
+from ctdenoise.data.cache import CacheEntry, CacheIndex, check_cache_target, load_cache, prepare_cache
 from ctdenoise.data.layouts import (
     ScanRecord,
     discover_dataset,
@@ -13,6 +13,7 @@ from ctdenoise.data.layouts import (
 from ctdenoise.data.sampling import StepDataset, UnpairedPatchSampler, paired_validation_slices
 
 __all__ = [
+    "check_cache_target",
     "CacheEntry",
     "CacheIndex",
     "ScanRecord",

@@ -23,8 +23,11 @@ from ctdenoise.data.layouts import FULL, LOW, ScanRecord, attenuation_to_hu, see
 from ctdenoise.errors import CTDenoiseError
 from ctdenoise.fileutils import atomic_write
 from ctdenoise.io.volume import Volume
+from ctdenoise.orientation import DEFAULT_ORIENTATION, reorientation
 
 CACHE_VERSION = 1
+CACHE_ORIENTATION = DEFAULT_ORIENTATION
+"""Volumes are stored as axial slices in this orientation, whatever the source file's storage order."""
 HU_MIN = -1024
 HU_MAX = 3071
 INDEX_NAME = "index.json"
@@ -199,6 +202,7 @@ def prepare_cache(
         "created_with": _package_version(),
         "dtype": "int16",
         "hu_range": [HU_MIN, HU_MAX],
+        "orientation": CACHE_ORIENTATION,
         "simulation": None if simulate_dose is None else {
             "dose": simulate_dose, "options": simulate_options or {}, "seed": seed,
             **({"seed_pixel_spacing_mm": seed_pixel_spacing_mm} if seed_simulated else {})},
@@ -235,8 +239,11 @@ def load_cache(path: str | os.PathLike[str]) -> CacheIndex:
     return cache
 
 
-def _claim_directory(root: Path, overwrite: bool) -> None:
-    """Refuse an existing cache unless ``overwrite``; then remove only the cache's own files."""
+def check_cache_target(root: Path, overwrite: bool) -> list[Path]:
+    """Refuse a cache folder that holds a cache (unless ``overwrite``) or another tool's files; returns the cache's own files."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise CTDenoiseError(f"cache folder {root} exists and is a file: choose a folder path")
     existing = [root / n for n in (INDEX_NAME, VOLUME_DIR) if (root / n).exists()]
     if (root / VOLUME_DIR).exists() and not (root / INDEX_NAME).is_file():
         raise CTDenoiseError(
@@ -248,7 +255,12 @@ def _claim_directory(root: Path, overwrite: bool) -> None:
             f"{root} already holds a training cache: pass overwrite=True (--overwrite) to replace it "
             "or choose another folder"
         )
-    for item in existing:
+    return existing
+
+
+def _claim_directory(root: Path, overwrite: bool) -> None:
+    """Refuse an existing cache unless ``overwrite``; then remove only the cache's own files."""
+    for item in check_cache_target(root, overwrite):
         if item.is_dir():
             shutil.rmtree(item)
         else:
@@ -311,11 +323,14 @@ def _store_seed_stack(record: ScanRecord, root: Path, entry_id: str) -> CacheEnt
 
 
 def _store_volume(volume: Volume, record: ScanRecord, root: Path, entry_id: str, *, simulated: bool) -> CacheEntry:
-    np.save(root / VOLUME_DIR / f"{entry_id}.npy", _to_int16(volume.array))
+    """Store a volume as int16 axial slices in the ``LPS`` orientation the models are trained in."""
+    turn = reorientation(volume.direction, CACHE_ORIENTATION)
+    axial = np.ascontiguousarray(turn.to_target(volume.array))
+    np.save(root / VOLUME_DIR / f"{entry_id}.npy", _to_int16(axial))
     kernel = record.kernel or volume.metadata.get("kernel")
     thickness = record.thickness_mm or volume.metadata.get("slice_thickness")
-    spacing = None if record.source_layout == "seed" else tuple(float(s) for s in volume.spacing)
-    return _entry(record, entry_id, volume.shape, spacing, kernel, thickness, simulated=simulated)
+    spacing = None if record.source_layout == "seed" else turn.target_spacing(volume.spacing)
+    return _entry(record, entry_id, axial.shape, spacing, kernel, thickness, simulated=simulated)
 
 
 def _entry(record: ScanRecord, entry_id: str, shape: tuple[int, ...], spacing: Any, kernel: Any,

@@ -26,6 +26,8 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 _POSITION_TOLERANCE_MM = 1e-3
 _SHEAR_TOLERANCE_MM = 1e-2
 _SERIES_NUMBER_OFFSET = 1000
+PADDING_KEYS = ("pixel_padding_hu", "pixel_padding_limit_hu")
+"""``Volume.metadata`` keys of the padding value outside the scan field, in HU (from PixelPaddingValue)."""
 
 # Header elements that describe the source's stored pixels and become wrong once the pixels change.
 _STALE_PIXEL_ELEMENTS = (
@@ -99,9 +101,7 @@ def read_header(path: Path, *, required: bool = False) -> Dataset | None:
     return None
 
 
-def collect_series(
-    files: Sequence[tuple[Path, Dataset]], where: Path, series_uid: str | None = None
-) -> DicomSeries:
+def collect_series(files: Sequence[tuple[Path, Dataset]], where: Path, series_uid: str | None = None) -> DicomSeries:
     """Pick one CT series among DICOM image headers, order its slices and derive its geometry.
 
     The series with the most slices wins; the others are named in ``metadata["warnings"]``.
@@ -181,9 +181,7 @@ def _label(group: list[tuple[Path, Dataset]]) -> str:
     return " ".join(p for p in parts if p)
 
 
-def _drop_duplicate_instances(
-    group: list[tuple[Path, Dataset]]
-) -> tuple[list[tuple[Path, Dataset]], list[str]]:
+def _drop_duplicate_instances(group: list[tuple[Path, Dataset]]) -> tuple[list[tuple[Path, Dataset]], list[str]]:
     """Keep the first file of each SOPInstanceUID (copies of the same image)."""
     seen: set[str] = set()
     kept = []
@@ -276,9 +274,12 @@ def _series_without_geometry(group: list[tuple[Path, Dataset]], spacing_yx: list
     group = sorted(group, key=lambda item: _number(item[1], "InstanceNumber") or 0.0)
     metadata = _series_metadata(group[0][1])
     metadata["warnings"] = (
-        ["slices have no ImagePositionPatient/ImageOrientationPatient: ordered by InstanceNumber, "
-         "origin and orientation unknown (identity assumed)"]
-        if len(group) > 1 else []
+        [
+            "slices have no ImagePositionPatient/ImageOrientationPatient: ordered by InstanceNumber, "
+            "origin and orientation unknown (identity assumed)"
+        ]
+        if len(group) > 1
+        else []
     )
     metadata["dicom_files"] = [str(p) for p, _ in group]
     return DicomSeries(
@@ -307,8 +308,45 @@ def _series_metadata(header: Dataset) -> dict[str, Any]:
         "kv": _number(header, "KVP"),
         "manufacturer": _text(header, "Manufacturer") or None,
         "slice_thickness": _number(header, "SliceThickness"),
+        "pixel_padding_hu": _padding_hu(header, "PixelPaddingValue"),
+        "pixel_padding_limit_hu": _padding_hu(header, "PixelPaddingRangeLimit"),
     }
     return {k: v for k, v in facts.items() if v is not None}
+
+
+def _padding_hu(header: Dataset, keyword: str) -> float | None:
+    """A stored padding value (PixelPaddingValue or its range limit) converted to HU.
+
+    Files often write it as unsigned although the pixels are signed (63536 for -2000): it is read
+    with the pixels' own PixelRepresentation and BitsStored.
+    """
+    value = header.get(keyword)
+    if isinstance(value, (bytes, bytearray)) and len(value) == 2:
+        value = int.from_bytes(value, "little", signed=False)
+    if not isinstance(value, int):
+        return None
+    bits = int(header.get("BitsStored", 16) or 16)
+    if int(header.get("PixelRepresentation", 0) or 0) == 1 and value >= 2 ** (bits - 1):
+        value -= 2**bits
+    slope = _number(header, "RescaleSlope") or 1.0
+    return float(value * slope + (_number(header, "RescaleIntercept") or 0.0))
+
+
+def set_padding(dataset: Dataset, metadata: dict[str, Any], intercept: int) -> None:
+    """Write the volume's padding value (``pixel_padding_hu``, HU) as signed stored values, slope 1.
+
+    Left out when the volume has none or its stored value does not fit 16 bits.
+    """
+    for key, keyword in (
+        ("pixel_padding_hu", "PixelPaddingValue"),
+        ("pixel_padding_limit_hu", "PixelPaddingRangeLimit"),
+    ):
+        hu = metadata.get(key)
+        if hu is None:
+            continue
+        stored = int(round(float(hu))) - intercept
+        if -(2**15) <= stored < 2**15:
+            dataset.add_new(keyword, "SS", stored)
 
 
 def _slice_thickness(header: Dataset) -> float:

@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 import SimpleITK as sitk
 
-from ctdenoise.errors import CTDenoiseError
+from ctdenoise.errors import CTDenoiseError, warn
 from ctdenoise.io.dicom import DicomSeries, collect_series, read_header
 from ctdenoise.io.volume import Volume
 
@@ -30,9 +30,9 @@ IMAGE_FORMATS = {
     ".mha": "mha",
     ".mhd": "mha",
 }
+_IMAGE_IO = {"nifti": "NiftiImageIO", "nrrd": "NrrdImageIO", "mha": "MetaImageIO"}
 SUPPORTED_INPUTS = "a DICOM folder or file (.dcm, .IMA, no extension), .nii, .nii.gz, .nrrd, .nhdr, .mha or .mhd"
 _DICOM_LIKE_SUFFIXES = ("", ".dcm", ".dicom", ".ima")
-_AIR_HU_THRESHOLD = -500.0
 _NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI datatype codes FLOAT32, FLOAT64
 _CHUNK_BYTES = 64 << 20
 
@@ -74,9 +74,17 @@ def read_volume(path: str | os.PathLike[str], *, series_uid: str | None = None) 
             CT series with the most slices is read and the others are named in
             ``metadata["warnings"]``; a tie for the most slices is refused rather than guessed.
 
+    What looked wrong but could be read (other series ignored, uneven slice gaps, gantry tilt) is
+    listed in ``metadata["warnings"]`` and emitted as :class:`~ctdenoise.errors.CTDenoiseWarning`.
+
     Raises:
         CTDenoiseError: missing path, empty or DICOM-less folder, unreadable or unsupported file,
             non-CT DICOM, colour or 4-D images, multi-frame DICOM, NaN/inf voxels.
+
+    Examples:
+        >>> volume = read_volume("../data/totalsegmentator/example_ct_dicom")
+        >>> volume.shape, volume.spacing[:2]
+        ((20, 512, 512), (0.9765625, 0.9765625))
     """
     source = Path(path)
     if not source.exists():
@@ -89,6 +97,8 @@ def read_volume(path: str | os.PathLike[str], *, series_uid: str | None = None) 
         volume = _read_dicom_file(source, series_uid)
     volume.metadata["source_path"] = str(source.absolute())
     _check_values(volume, source)
+    for message in volume.metadata["warnings"]:
+        warn(message)
     return volume
 
 
@@ -158,9 +168,12 @@ def _series_volume(series: DicomSeries) -> Volume:
 
 def _read_itk_image(path: Path, fmt: str) -> Volume:
     """A NIfTI/NRRD/MetaImage file as a volume (2-D becomes one slice)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.SetImageIO(_IMAGE_IO[fmt])  # ITK matches extensions case-sensitively: name the reader ourselves
     try:
         with quiet_itk():
-            image = sitk.ReadImage(str(path))
+            image = reader.Execute()
     except RuntimeError as exc:
         raise CTDenoiseError(
             f"cannot read {path} as {fmt.upper()} ({itk_reason(exc)}): check that the file is complete and really "
@@ -254,11 +267,6 @@ def _refuse_nonfinite(path: Path, bad: int) -> None:
 
 
 def _check_values(volume: Volume, path: Path) -> None:
-    """Refuse non-finite voxels; warn when no voxel looks like air (values may not be HU)."""
+    """Refuse non-finite voxels (whether the values are HU is :mod:`ctdenoise.hu`'s question)."""
     _refuse_nonfinite(path, int(np.size(volume.array) - np.count_nonzero(np.isfinite(volume.array))))
     volume.metadata.setdefault("warnings", [])
-    if volume.array.min() > _AIR_HU_THRESHOLD:
-        volume.metadata["warnings"].append(
-            f"no voxel is below {_AIR_HU_THRESHOLD:g} (minimum {volume.array.min():g}): the values may not be HU "
-            "(air is about -1000 HU); check the rescale of the input"
-        )

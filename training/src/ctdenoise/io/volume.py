@@ -22,7 +22,14 @@ class Volume:
             ``format`` ("dicom", "nifti", "nrrd", "mha", "npy"), ``modality``, ``patient_id``,
             ``study_uid``, ``series_uid``, ``kernel``, ``kv``, ``manufacturer``,
             ``gantry_tilt_deg``, ``slice_positions`` (list of per-slice LPS positions, DICOM only),
-            ``dicom_files`` (sorted source file paths, DICOM only), ``warnings`` (list of str).
+            ``dicom_files`` (sorted source file paths, DICOM only), ``warnings`` (list of str),
+            ``pixel_padding_hu`` / ``pixel_padding_limit_hu`` (DICOM PixelPaddingValue in HU).
+
+    Examples:
+        >>> import numpy as np
+        >>> volume = Volume(np.full((2, 4, 4), -1000.0, dtype=np.float32), spacing=(0.7, 0.7, 5.0))
+        >>> volume.shape, volume.with_array(volume.array + 10).array.max()
+        ((2, 4, 4), np.float32(-990.0))
     """
 
     array: np.ndarray

@@ -27,7 +27,7 @@ import pydicom
 import SimpleITK as sitk
 
 from ctdenoise.errors import CTDenoiseError
-from ctdenoise.io.dicom import NewSeries, derived_slice, new_ct_slice, new_series, read_header
+from ctdenoise.io.dicom import NewSeries, derived_slice, new_ct_slice, new_series, read_header, set_padding
 from ctdenoise.io.readers import IMAGE_FORMATS, image_suffix, itk_reason, quiet_itk
 from ctdenoise.io.volume import Volume
 
@@ -48,12 +48,44 @@ def validate_output_path(path: str | os.PathLike[str], *sources: Volume | None) 
     target = Path(path)
     if _is_dicom_output(target):
         if target.exists() and not target.is_dir():
-            raise CTDenoiseError(f"output {target} exists and is not a folder: choose a new folder name for the DICOM series")
+            raise CTDenoiseError(
+                f"output {target} exists and is not a folder: choose a new folder name for the DICOM series"
+            )
         if target.is_dir() and any(target.iterdir()):
             raise CTDenoiseError(f"output folder {target} exists and is not empty: choose a new or empty folder")
     else:
         _refuse_source(target, _source_files(sources))
     return target
+
+
+def _same_or_nested(a: Path, b: Path) -> bool:
+    """Whether two resolved paths are equal or one lies inside the other."""
+    return a == b or a in b.parents or b in a.parents
+
+
+def check_paths(source: Path, output: Path, noise_output: Path | None = None) -> None:
+    """Refuse, before any work, outputs that would overwrite or sit inside the input, collide, or cannot be written.
+
+    Checked: the input exists; each output has a supported extension (any case) or is a new or
+    empty DICOM folder; no output is the input or lies inside an input DICOM folder; the outputs do
+    not collide.
+    """
+    if not source.exists():
+        raise CTDenoiseError(f"input {source} does not exist: check the path")
+    resolved = source.resolve()
+    for label, target in (("output", output), ("noise output", noise_output)):
+        if target is None:
+            continue
+        where = target.resolve()
+        if where == resolved:
+            raise CTDenoiseError(
+                f"{label} {target} is the input: choose a different path (inputs are never overwritten)"
+            )
+        if source.is_dir() and resolved in where.parents:
+            raise CTDenoiseError(f"{label} {target} lies inside the input DICOM folder {source}: write it elsewhere")
+        validate_output_path(target)
+    if noise_output is not None and _same_or_nested(noise_output.resolve(), output.resolve()):
+        raise CTDenoiseError(f"noise output {noise_output} collides with the output {output}: choose separate paths")
 
 
 def write_volume(
@@ -84,6 +116,14 @@ def write_volume(
     Raises:
         CTDenoiseError: NaN/inf voxels, unsupported extension, non-empty DICOM folder, output equal to
             a source file, volume not on the reference's grid, or a failed write.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> from ctdenoise import read_volume
+        >>> volume = read_volume("../data/totalsegmentator/example_ct_sm.nii.gz")
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> write_volume(volume, folder / "copy.nrrd").name, write_volume(volume, folder / "series").is_dir()
+        ('copy.nrrd', True)
     """
     target = validate_output_path(path, volume, reference)
     if not np.isfinite(volume.array).all():
@@ -111,7 +151,9 @@ def _is_dicom_output(target: Path) -> bool:
     if target.is_dir() or target.suffix == "" or target.suffix[1:].isdigit():
         return True
     if image_suffix(target) not in IMAGE_FORMATS:
-        raise CTDenoiseError(f"output {target} has the unsupported extension '{target.suffix}': use {SUPPORTED_OUTPUTS}")
+        raise CTDenoiseError(
+            f"output {target} has the unsupported extension '{target.suffix}': use {SUPPORTED_OUTPUTS}"
+        )
     return False
 
 
@@ -146,7 +188,13 @@ def _staging(target: Path) -> Iterator[Path]:
 
 
 def _write_image(volume: Volume, target: Path, sources: set[str]) -> list[Path]:
-    """One image file (plus its data file for .mhd/.nhdr), moved into place when complete; returns both."""
+    """One image file (plus its data file for .mhd/.nhdr), moved into place when complete; returns both.
+
+    ITK picks the format from a lower-case extension only, so the file is staged under a lower-case
+    name and renamed to ``target`` (``OUT.NII.GZ`` works).
+    """
+    suffix = image_suffix(target)
+    staged_name = target.name[: len(target.name) - len(suffix)] + suffix
     image = sitk.GetImageFromArray(storage_array(volume.array))
     image.SetSpacing([float(v) for v in volume.spacing])
     image.SetOrigin([float(v) for v in volume.origin])
@@ -154,15 +202,18 @@ def _write_image(volume: Volume, target: Path, sources: set[str]) -> list[Path]:
     with _staging(target) as stage:
         try:
             with quiet_itk():
-                sitk.WriteImage(image, str(stage / target.name), useCompression=image_suffix(target) != ".nii")
+                sitk.WriteImage(image, str(stage / staged_name), useCompression=suffix != ".nii")
         except RuntimeError as exc:
-            raise CTDenoiseError(f"cannot write {target} ({itk_reason(exc)}): check the path and free disk space") from exc
-        written = sorted(stage.iterdir(), key=lambda p: p.name == target.name)  # header last
-        for item in written:
-            _refuse_source(target.parent / item.name, sources)
-        for item in written:
-            os.replace(item, target.parent / item.name)
-    return [target.parent / item.name for item in written]
+            raise CTDenoiseError(
+                f"cannot write {target} ({itk_reason(exc)}): check the path and free disk space"
+            ) from exc
+        written = sorted(stage.iterdir(), key=lambda p: p.name == staged_name)  # header last
+        names = [target.name if item.name == staged_name else item.name for item in written]
+        for name in names:
+            _refuse_source(target.parent / name, sources)
+        for item, name in zip(written, names):
+            os.replace(item, target.parent / name)
+    return [target.parent / name for name in names]
 
 
 def _dicom_stored(hu: np.ndarray) -> tuple[np.ndarray, int]:
@@ -209,8 +260,10 @@ def _write_dicom_series(volume: Volume, target: Path, reference: Volume | None, 
                 dataset = derived_slice(header, stored[index], intercept, series)
             else:
                 dataset = _geometry_slice(volume, stored[index], intercept, series, index, source.metadata)
-            dataset.save_as(stage / f"{index + 1:0{digits}d}.dcm", implicit_vr=False, little_endian=True,
-                            enforce_file_format=True)
+            set_padding(dataset, volume.metadata, intercept)
+            dataset.save_as(
+                stage / f"{index + 1:0{digits}d}.dcm", implicit_vr=False, little_endian=True, enforce_file_format=True
+            )
         existed = target.is_dir()
         names = sorted(item.name for item in stage.iterdir())
         if existed:
@@ -227,8 +280,14 @@ def _geometry_slice(
     position = np.asarray(volume.origin, dtype=np.float64) + index * volume.spacing[2] * axes[:, 2]
     orientation = np.concatenate([axes[:, 0], axes[:, 1]])
     return new_ct_slice(
-        stored, intercept, series, index=index, position=position.tolist(), orientation=orientation.tolist(),
-        spacing=tuple(float(v) for v in volume.spacing), metadata=metadata,  # type: ignore[arg-type]
+        stored,
+        intercept,
+        series,
+        index=index,
+        position=position.tolist(),
+        orientation=orientation.tolist(),
+        spacing=tuple(float(v) for v in volume.spacing),
+        metadata=metadata,  # type: ignore[arg-type]
     )
 
 

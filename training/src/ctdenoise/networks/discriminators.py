@@ -64,7 +64,9 @@ class PatchDiscriminator(nn.Module):
         highpass_sigma = check_sigma("discriminator", "highpass_sigma", highpass_sigma)
         energy_sigma = check_sigma("discriminator", "energy_sigma", energy_sigma)
         if energy_sigma > 0 and not highpass_sigma > 0:
-            raise CTDenoiseError("discriminator energy_sigma needs highpass_sigma > 0: the energy is that of the high-pass image")
+            raise CTDenoiseError(
+                "discriminator energy_sigma needs highpass_sigma > 0: the energy is that of the high-pass image"
+            )
         self.in_channels = in_channels
         self.highpass_sigma = highpass_sigma
         self.energy_sigma = energy_sigma

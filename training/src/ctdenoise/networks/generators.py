@@ -206,7 +206,9 @@ class FastGenerator(nn.Module):
             raise CTDenoiseError(f"'fast' generator option long_skip={long_skip!r} is invalid: pass true or false")
         self.in_channels = in_channels
         self.long_skip = long_skip
-        self.residual_highpass_sigma = check_sigma("'fast' generator", "residual_highpass_sigma", residual_highpass_sigma)
+        self.residual_highpass_sigma = check_sigma(
+            "'fast' generator", "residual_highpass_sigma", residual_highpass_sigma
+        )
         if self.residual_highpass_sigma > 0:
             self.register_buffer("blur_kernel", gaussian_kernel(self.residual_highpass_sigma), persistent=False)
         self.multiple = 2**n_downsampling

@@ -88,9 +88,7 @@ def hu_to_mu(hu: torch.Tensor) -> torch.Tensor:
     return (MU_WATER_PER_MM * (1.0 + hu / 1000.0)).clamp(min=0.0)
 
 
-def added_log_variance(
-    expected_counts: torch.Tensor, dose: float, electronic_noise: float
-) -> torch.Tensor:
+def added_log_variance(expected_counts: torch.Tensor, dose: float, electronic_noise: float) -> torch.Tensor:
     """Variance to add to log-domain projections to go from full dose to ``dose``.
 
     ``expected_counts`` are the full-dose counts ``I0 exp(-p)``; see the module docstring.
@@ -136,15 +134,12 @@ def _pixel_spacing(pixel_spacing_mm: PixelSpacing) -> Tuple[float, float]:
         values = np.repeat(values, 2)
     if values.size != 2 or not np.all(np.isfinite(values)) or np.any(values <= 0):
         raise CTDenoiseError(
-            f"pixel spacing {pixel_spacing_mm!r} is invalid: give one positive size in mm "
-            "or a (row, column) pair"
+            f"pixel spacing {pixel_spacing_mm!r} is invalid: give one positive size in mm or a (row, column) pair"
         )
     return float(values[0]), float(values[1])
 
 
-def _check_options(
-    dose: float, photons: float, electronic_noise: float, views: int, kernel: str, batch: int
-) -> None:
+def _check_options(dose: float, photons: float, electronic_noise: float, views: int, kernel: str, batch: int) -> None:
     """Raise :class:`CTDenoiseError` for an option outside its valid range."""
     numeric = isinstance(dose, (int, float, np.number)) and not isinstance(dose, bool)
     if not (numeric and 0.0 < float(dose) <= 1.0):
@@ -156,9 +151,7 @@ def _check_options(
             f"photons {photons!r} must be a positive number of photons per ray (e.g. {DEFAULT_PHOTONS:g})"
         )
     if not (math.isfinite(electronic_noise) and electronic_noise >= 0):
-        raise CTDenoiseError(
-            f"electronic noise {electronic_noise!r} must be a standard deviation >= 0 in counts"
-        )
+        raise CTDenoiseError(f"electronic noise {electronic_noise!r} must be a standard deviation >= 0 in counts")
     if int(views) < 2:
         raise CTDenoiseError(f"views {views!r} is too small: use at least 2 (default {DEFAULT_VIEWS})")
     if kernel not in FILTERS:
@@ -168,18 +161,10 @@ def _check_options(
 
 
 def _device(device: str | torch.device) -> torch.device:
-    """``device`` as a torch device; only CPU and CUDA have the sparse kernels the projector uses."""
-    try:
-        target = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise CTDenoiseError(f"device {device!r} is not a torch device: use 'cpu' or 'cuda'") from error
-    if target.type not in ("cpu", "cuda"):
-        raise CTDenoiseError(
-            f"device {device!r} is not supported for low-dose simulation: use 'cpu' or 'cuda'"
-        )
-    if target.type == "cuda" and not torch.cuda.is_available():
-        raise CTDenoiseError("device 'cuda' was requested but torch sees no CUDA GPU: use 'cpu'")
-    return target
+    """The projector's device: only CPU and CUDA have the sparse kernels it uses."""
+    from ctdenoise.devices import resolve_device
+
+    return resolve_device(device, allowed=("cpu", "cuda"), purpose="low-dose simulation")
 
 
 def _resolve_seed(seed: int | None) -> int:
@@ -268,10 +253,12 @@ def calibrate_photons(
     target = sigma_full * math.sqrt(1.0 / dose - 1.0)
 
     def added_std(photons: float) -> float:
-        noisy = torch.cat([
-            _simulate_batch(sample[i : i + 1], int(index[i]), seed, dose, spacing, {**settings, "photons": photons})
-            for i in range(sample.shape[0])
-        ])
+        noisy = torch.cat(
+            [
+                _simulate_batch(sample[i : i + 1], int(index[i]), seed, dose, spacing, {**settings, "photons": photons})
+                for i in range(sample.shape[0])
+            ]
+        )
         return float((noisy - sample).cpu()[core].std())
 
     photons = DEFAULT_PHOTONS
@@ -373,24 +360,48 @@ _VOLUME_OPTIONS = (
 )
 
 
-def simulate_volume(volume: Volume, dose: float, *, seed: int | None = None, **options: Any) -> Volume:
-    """:func:`simulate_low_dose` on every axial slice of ``volume``; geometry is kept.
+def simulate_volume(
+    volume: Volume, dose: float, *, seed: int | None = None, force: bool = False, **options: Any
+) -> Volume:
+    """:func:`simulate_low_dose` on every axial slice of ``volume``; storage order and geometry are kept.
 
-    ``options`` are the keyword options of :func:`simulate_low_dose` other than ``seed``; the pixel
-    spacing comes from the volume. The result's metadata gains ``simulated_dose`` and ``simulation``
-    (the physical parameters and the seed actually used, so the run can be repeated).
+    Projections run in the axial plane whatever the file's storage order: the volume is viewed in
+    the ``LPS`` orientation (:mod:`ctdenoise.orientation`) and the result put back, so a volume stored
+    sagittally or flipped gets exactly the noise of its axial twin. ``options`` are the keyword options
+    of :func:`simulate_low_dose` other than ``seed``; the pixel spacing comes from the volume. Input
+    that is probably not HU is refused unless ``force``. The result's metadata gains
+    ``simulated_dose`` and ``simulation`` (the physical parameters and the seed actually used).
+
+    Examples:
+        >>> from ctdenoise import read_volume, simulate_volume
+        >>> full = read_volume("../data/totalsegmentator/example_ct_sm.nii.gz")
+        >>> low = simulate_volume(full, 0.25, seed=0)
+        >>> low.shape == full.shape, low.metadata["simulated_dose"]
+        (True, 0.25)
     """
+    from ctdenoise.errors import warn
+    from ctdenoise.hu import check_units
+    from ctdenoise.orientation import reorientation
+
     unknown = sorted(set(options) - set(_VOLUME_OPTIONS))
     if unknown:
         raise CTDenoiseError(
             f"unknown low-dose simulation option(s) {', '.join(unknown)}: use {', '.join(_VOLUME_OPTIONS)}"
         )
+    name = str(volume.metadata.get("source_path") or "the input")
+    for message in check_units(volume.array, force=force, where=name):
+        warn(message)
+    turn = reorientation(volume.direction)
+    spacing_x, spacing_y, _ = turn.target_spacing(volume.spacing)
     seed_value = _resolve_seed(seed)
-    spacing = (float(volume.spacing[1]), float(volume.spacing[0]))
+    spacing = (float(spacing_y), float(spacing_x))
     calibration: Dict[str, Any] = {}
-    array = simulate_low_dose(volume.array, spacing, dose, seed=seed_value, report=calibration, **options)
+    axial = simulate_low_dose(
+        turn.to_target(volume.array), spacing, dose, seed=seed_value, report=calibration, **options
+    )
+    array = np.ascontiguousarray(turn.to_stored(axial))
     parameters: Dict[str, Any] = {
-        "method": "projection-domain noise insertion, parallel beam",
+        "method": "projection-domain noise insertion, parallel beam, axial plane",
         "dose": float(dose),
         **calibration,
         "electronic_noise": float(options.get("electronic_noise", DEFAULT_ELECTRONIC_NOISE)),

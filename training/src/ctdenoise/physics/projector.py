@@ -133,9 +133,7 @@ class _FourierOperator:
         return self.padded // 2 + 1
 
 
-def _interpolation_matrices(
-    u: torch.Tensor, grid: Tuple[int, int]
-) -> Tuple[torch.Tensor, torch.Tensor]:
+def _interpolation_matrices(u: torch.Tensor, grid: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
     """Kaiser-Bessel weights from grid ``[Gy, Gx]`` to points ``u`` ``[M, 2]`` (grid units, y then x).
 
     Returns the ``[M, Gy*Gx]`` matrix and its transpose, both CSR with int32 indices.
@@ -159,9 +157,7 @@ def _interpolation_matrices(
     rows = torch.arange(points, device=u.device).repeat_interleave(per_row)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-        forward = torch.sparse_csr_tensor(
-            crow.int(), cols.int(), vals, (points, size), check_invariants=False
-        )
+        forward = torch.sparse_csr_tensor(crow.int(), cols.int(), vals, (points, size), check_invariants=False)
         adjoint = torch.sparse_csr_tensor(
             crow_t.int(), rows[order].int(), vals[order], (size, points), check_invariants=False
         )
@@ -318,9 +314,7 @@ def ramp_filter_response(
     return (response * window(freq)).to(torch.float32)
 
 
-def filter_sinogram(
-    sino: torch.Tensor, filter_name: str = "ramp", detector_spacing: float = 1.0
-) -> torch.Tensor:
+def filter_sinogram(sino: torch.Tensor, filter_name: str = "ramp", detector_spacing: float = 1.0) -> torch.Tensor:
     """Convolve each view of ``sino`` ``[..., detectors]`` with the windowed ramp (units: per mm).
 
     Zero-padding to a power of two of at least twice the detector count avoids circular wrap-around.

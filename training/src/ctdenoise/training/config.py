@@ -32,17 +32,29 @@ class DataConfig:
     cache: str = _doc("Prepared cache folder (from 'ctdenoise prepare'); relative to the config file.", default="")
     patch_size: int = _doc("Square patch side in pixels (the seed uses 128).", default=128)
     batch_size: int = _doc("Patches per dose per step, per process (the seed uses 4).", default=4)
-    num_workers: int = _doc("DataLoader worker processes that prefetch batches (0: load in the main process).", default=0)
+    num_workers: int = _doc(
+        "DataLoader worker processes that prefetch batches (0: load in the main process).", default=0
+    )
     augment: bool = _doc("Random horizontal/vertical flips and 90-degree rotations.", default=True)
     min_body_fraction: float = _doc("Redraw patches with less than this fraction of pixels above -900 HU.", default=0.3)
 
 
 @dataclass
 class ModelConfig:
-    generator: str = _doc("Generator preset: 'fast' (downsampling ResNet) or 'seed' (the seed project's exact generator).", default="fast")
-    generator_args: dict = _doc("Overrides of the preset's arguments, e.g. {ngf: 32, n_res_blocks: 6}.", default_factory=dict)
-    generator_init: str = _doc("Generator initialisation: 'seed' (all weights ~ N(0, 0.02), as the seed) or 'identity' (the same, then the last convolution zeroed, so each generator starts as the identity and no steps go into learning to copy the input).", default="seed")
-    discriminator_args: dict = _doc("Overrides of the PatchGAN discriminator's arguments: ndf (width), norm ('instance', the seed's, or 'none') and highpass_sigma (0: off; > 0: judge the input minus its Gaussian blur) and energy_sigma (0: off; > 0: judge the log of that high-pass image's local energy, averaged over a Gaussian of this sigma), e.g. {norm: none, highpass_sigma: 1.0, energy_sigma: 2.0}.", default_factory=dict)
+    generator: str = _doc(
+        "Generator preset: 'fast' (downsampling ResNet) or 'seed' (the seed project's exact generator).", default="fast"
+    )
+    generator_args: dict = _doc(
+        "Overrides of the preset's arguments, e.g. {ngf: 32, n_res_blocks: 6}.", default_factory=dict
+    )
+    generator_init: str = _doc(
+        "Generator initialisation: 'seed' (all weights ~ N(0, 0.02), as the seed) or 'identity' (the same, then the last convolution zeroed, so each generator starts as the identity and no steps go into learning to copy the input).",
+        default="seed",
+    )
+    discriminator_args: dict = _doc(
+        "Overrides of the PatchGAN discriminator's arguments: ndf (width), norm ('instance', the seed's, or 'none') and highpass_sigma (0: off; > 0: judge the input minus its Gaussian blur) and energy_sigma (0: off; > 0: judge the log of that high-pass image's local energy, averaged over a Gaussian of this sigma), e.g. {norm: none, highpass_sigma: 1.0, energy_sigma: 2.0}.",
+        default_factory=dict,
+    )
 
 
 @dataclass
@@ -50,7 +62,9 @@ class NormalizationConfig:
     hu_min: Optional[float] = _doc("HU clipped below this before scaling (null: no clipping).", default=-1024.0)
     hu_max: Optional[float] = _doc("HU clipped above this before scaling (null: no clipping).", default=3071.0)
     offset: float = _doc("Network input = (HU - offset) / scale.", default=0.0)
-    scale: float = _doc("Network input = (HU - offset) / scale (the seed uses offset 0, scale 4000, hu_min -1000).", default=1000.0)
+    scale: float = _doc(
+        "Network input = (HU - offset) / scale (the seed uses offset 0, scale 4000, hu_min -1000).", default=1000.0
+    )
 
 
 @dataclass
@@ -80,11 +94,15 @@ class TrainConfig:
     seed: int = _doc("Seed for weights, sampling and the image pool: same seed, same run.", default=0)
     device: str = _doc("'auto' (CUDA, then MPS, then CPU), 'cpu', 'cuda', 'cuda:N' or 'mps'.", default="auto")
     amp: str = _doc("Mixed precision: 'auto' (bf16 on CUDA, off elsewhere), 'bf16' or 'off'.", default="auto")
-    image_pool: int = _doc("Size of the pool of past fakes shown to the discriminators (0: off, as the seed; 50: reference).", default=0)
+    image_pool: int = _doc(
+        "Size of the pool of past fakes shown to the discriminators (0: off, as the seed; 50: reference).", default=0
+    )
     log_every: int = _doc("Write TensorBoard scalars every this many steps.", default=10)
     val_every: int = _doc("Validate (and log image grids) every this many steps; 0: only at the end.", default=500)
     val_slices: int = _doc("Paired validation slices used for PSNR/SSIM/RMSE.", default=8)
-    val_window: List[float] = _doc("HU window [low, high] for PSNR/SSIM (data range = its width).", default_factory=lambda: [-160.0, 240.0])
+    val_window: List[float] = _doc(
+        "HU window [low, high] for PSNR/SSIM (data range = its width).", default_factory=lambda: [-160.0, 240.0]
+    )
     checkpoint_every: int = _doc("Write the resumable training state every this many steps.", default=500)
     keep_checkpoints: int = _doc("How many periodic training states to keep besides last.pt.", default=3)
     threads: int = _doc("CPU threads for torch (0: torch's default).", default=0)
@@ -133,9 +151,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
     unknown = sorted(set(data) - names)
     if unknown:
         prefix = f"{where}." if where else ""
-        raise CTDenoiseError(
-            f"unknown config key {prefix}{unknown[0]}; valid keys here: {', '.join(sorted(names))}"
-        )
+        raise CTDenoiseError(f"unknown config key {prefix}{unknown[0]}; valid keys here: {', '.join(sorted(names))}")
     kwargs = {}
     for key, value in data.items():
         path = f"{where}.{key}" if where else key
@@ -152,13 +168,22 @@ def validate(config: Config) -> Config:
         (c.data.batch_size >= 1, "data.batch_size must be at least 1"),
         (c.data.num_workers >= 0, "data.num_workers must be 0 or more"),
         (0.0 <= c.data.min_body_fraction <= 1.0, "data.min_body_fraction must be in [0, 1]"),
-        (c.model.generator_init in GENERATOR_INITS, f"model.generator_init must be one of {', '.join(GENERATOR_INITS)}"),
+        (
+            c.model.generator_init in GENERATOR_INITS,
+            f"model.generator_init must be one of {', '.join(GENERATOR_INITS)}",
+        ),
         (c.optim.lr > 0, "optim.lr must be positive"),
-        (len(c.optim.betas) == 2 and all(0 <= b < 1 for b in c.optim.betas), "optim.betas must be two numbers in [0, 1)"),
+        (
+            len(c.optim.betas) == 2 and all(0 <= b < 1 for b in c.optim.betas),
+            "optim.betas must be two numbers in [0, 1)",
+        ),
         (c.optim.schedule in ("step", "linear", "constant"), "optim.schedule must be 'step', 'linear' or 'constant'"),
         (c.optim.step_size >= 1, "optim.step_size must be at least 1"),
         (0 < c.optim.gamma <= 1, "optim.gamma must be in (0, 1]"),
-        (c.optim.schedule != "linear" or c.optim.decay_steps >= 1, "optim.decay_steps must be at least 1 for the linear schedule"),
+        (
+            c.optim.schedule != "linear" or c.optim.decay_steps >= 1,
+            "optim.decay_steps must be at least 1 for the linear schedule",
+        ),
         (c.optim.decay_start >= 0, "optim.decay_start must be 0 or more"),
         (c.train.max_steps >= 1, "train.max_steps must be at least 1"),
         (c.train.threads >= 0, "train.threads must be 0 or more"),
@@ -169,7 +194,10 @@ def validate(config: Config) -> Config:
         (c.train.val_every >= 0, "train.val_every must be 0 or more"),
         (c.train.checkpoint_every >= 1, "train.checkpoint_every must be at least 1"),
         (c.train.keep_checkpoints >= 0, "train.keep_checkpoints must be 0 or more"),
-        (len(c.train.val_window) == 2 and c.train.val_window[0] < c.train.val_window[1], "train.val_window must be [low, high] with low < high"),
+        (
+            len(c.train.val_window) == 2 and c.train.val_window[0] < c.train.val_window[1],
+            "train.val_window must be [low, high] with low < high",
+        ),
         (c.loss.lambda_cycle >= 0 and c.loss.lambda_identity >= 0, "loss weights must be 0 or more"),
     ]
     for ok, message in checks:

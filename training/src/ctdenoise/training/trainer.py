@@ -34,16 +34,10 @@ import torch
 import yaml
 from torch import nn
 
-from ctdenoise.checkpoints import (
-    TRAIN_STATE_FORMAT,
-    ModelCheckpoint,
-    build_metadata,
-    export_model,
-    load_torch_safely,
-    save_torch_atomic,
-)
+from ctdenoise.checkpoints import TRAIN_STATE_FORMAT, ModelCheckpoint, load_torch_safely, save_torch_atomic
 from ctdenoise.errors import CTDenoiseError
 from ctdenoise.fileutils import atomic_write
+from ctdenoise.modelfile import build_metadata
 from ctdenoise.normalization import HUNormalization
 from ctdenoise.training.config import Config
 from ctdenoise.training.pool import ImagePool
@@ -82,9 +76,9 @@ class _Dist:
 
 def _select_device(requested: str, dist: _Dist) -> torch.device:
     """The engine's device choice; under torchrun each process takes the GPU of its local rank."""
-    from ctdenoise.inference import select_device
+    from ctdenoise.devices import resolve_device
 
-    device = select_device(requested)
+    device = resolve_device(requested, purpose="training")
     if device.type == "cuda" and dist.world_size > 1:
         return torch.device("cuda", dist.local_rank)
     if device.type == "mps" and dist.world_size > 1:
@@ -103,9 +97,17 @@ def _autocast_dtype(config: Config, device: torch.device) -> Optional[torch.dtyp
 
 # Config sections and keys that may change when a run is resumed; anything else must match.
 RESUMABLE_CHANGES = {
-    "data.cache", "data.num_workers",
-    "train.max_steps", "train.device", "train.log_every", "train.val_every", "train.val_slices",
-    "train.val_window", "train.checkpoint_every", "train.keep_checkpoints", "train.threads",
+    "data.cache",
+    "data.num_workers",
+    "train.max_steps",
+    "train.device",
+    "train.log_every",
+    "train.val_every",
+    "train.val_slices",
+    "train.val_window",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.threads",
 }
 
 
@@ -113,7 +115,8 @@ def _config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[
     """Dotted keys whose values differ between two config dicts, except RESUMABLE_CHANGES."""
     keys = {f"{section}.{key}" for c in (saved, current) for section, values in c.items() for key in values}
     return sorted(
-        k for k in keys - RESUMABLE_CHANGES
+        k
+        for k in keys - RESUMABLE_CHANGES
         if saved.get(k.split(".")[0], {}).get(k.split(".")[1]) != current.get(k.split(".")[0], {}).get(k.split(".")[1])
     )
 
@@ -122,12 +125,20 @@ class Trainer:
     """Owns the four networks, their optimizers and schedulers, and the training state."""
 
     def __init__(self, config: Config, out_dir: Path, *, resume: bool = False) -> None:
-        from ctdenoise.data import UnpairedPatchSampler, load_cache, paired_validation_slices
-        from ctdenoise.networks import build_discriminator, build_generator, zero_residual
-
         self.config = config
         self.out_dir = Path(out_dir)
         self.dist = _Dist.from_env()
+        self._init_process()
+        self._init_data()
+        self._init_networks()
+        self._init_optimizers()
+        self.step = 0
+        self.metrics: dict[str, Any] = {}
+        self._start_or_resume(resume)
+
+    def _init_process(self) -> None:
+        """Process group under torchrun, CPU threads, device, autocast and HU normalisation."""
+        config = self.config
         if self.dist.world_size > 1 and not torch.distributed.is_initialized():
             backend = "nccl" if torch.cuda.is_available() and config.train.device != "cpu" else "gloo"
             torch.distributed.init_process_group(backend)
@@ -139,6 +150,11 @@ class Trainer:
         self.amp_dtype = _autocast_dtype(config, self.device)
         self.normalization = HUNormalization(**config.normalization.__dict__)
 
+    def _init_data(self) -> None:
+        """The training cache, this process's unpaired patch sampler and (main process) validation pairs."""
+        from ctdenoise.data import UnpairedPatchSampler, load_cache, paired_validation_slices
+
+        config = self.config
         if not config.data.cache:
             raise CTDenoiseError("config data.cache is empty: run 'ctdenoise prepare' and set data.cache to its folder")
         self.cache = load_cache(config.data.cache)
@@ -154,20 +170,26 @@ class Trainer:
             min_body_fraction=config.data.min_body_fraction,
         )
         self.val_pairs = (
-            paired_validation_slices(self.cache, split="val", max_slices=config.train.val_slices, seed=config.train.seed)
+            paired_validation_slices(
+                self.cache, split="val", max_slices=config.train.val_slices, seed=config.train.seed
+            )
             if self.dist.is_main
             else []
         )
 
-        torch.manual_seed(config.train.seed)
-        preset, gargs = config.model.generator, dict(config.model.generator_args)
-        self.g_f2q = build_generator(preset, **gargs)
-        self.g_q2f = build_generator(preset, **gargs)
-        if config.model.generator_init == "identity":
+    def _init_networks(self) -> None:
+        """Both generators and discriminators, initialised as the seed (or generators as the identity), in sync across ranks."""
+        from ctdenoise.networks import build_discriminator, build_generator, zero_residual
+
+        model = self.config.model
+        torch.manual_seed(self.config.train.seed)
+        self.g_f2q = build_generator(model.generator, **model.generator_args)
+        self.g_q2f = build_generator(model.generator, **model.generator_args)
+        if model.generator_init == "identity":
             zero_residual(self.g_f2q)
             zero_residual(self.g_q2f)
-        self.d_f = build_discriminator(**config.model.discriminator_args)
-        self.d_q = build_discriminator(**config.model.discriminator_args)
+        self.d_f = build_discriminator(**model.discriminator_args)
+        self.d_q = build_discriminator(**model.discriminator_args)
         for net in self.networks.values():  # the builders initialise weights N(0, 0.02) as the seed
             net.to(self.device)
         if self.dist.world_size > 1:
@@ -175,22 +197,29 @@ class Trainer:
                 for tensor in itertools.chain(net.parameters(), net.buffers()):
                     torch.distributed.broadcast(tensor.data, src=0)
 
-        betas = tuple(config.optim.betas)
-        self.opt_g = torch.optim.Adam(itertools.chain(self.g_f2q.parameters(), self.g_q2f.parameters()), lr=config.optim.lr, betas=betas)
-        self.opt_d = torch.optim.Adam(itertools.chain(self.d_f.parameters(), self.d_q.parameters()), lr=config.optim.lr, betas=betas)
+    def _init_optimizers(self) -> None:
+        """Adam for the generators and for the discriminators, their schedulers, and the image pools."""
+        optim = self.config.optim
+        betas = tuple(optim.betas)
+        generators = itertools.chain(self.g_f2q.parameters(), self.g_q2f.parameters())
+        discriminators = itertools.chain(self.d_f.parameters(), self.d_q.parameters())
+        self.opt_g = torch.optim.Adam(generators, lr=optim.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(discriminators, lr=optim.lr, betas=betas)
         self.sched_g, self.sched_d = self._schedulers()
-        self.pool_f = ImagePool(config.train.image_pool)
-        self.pool_q = ImagePool(config.train.image_pool)
-        self.step = 0
-        self.metrics: dict[str, Any] = {}
+        self.pool_f = ImagePool(self.config.train.image_pool)
+        self.pool_q = ImagePool(self.config.train.image_pool)
 
+    def _start_or_resume(self, resume: bool) -> None:
+        """Load ``last.pt`` when resuming; refuse to start over a run that exists."""
         last = self.out_dir / "last.pt"
         if resume:
             if not last.is_file():
                 raise CTDenoiseError(f"--resume given but {last} does not exist: start without --resume")
             self._load_state(last)
         elif last.exists():
-            raise CTDenoiseError(f"{self.out_dir} already holds a run (last.pt): pass --resume to continue it or choose a new --out")
+            raise CTDenoiseError(
+                f"{self.out_dir} already holds a run (last.pt): pass --resume to continue it or choose a new --out"
+            )
 
     @property
     def networks(self) -> dict[str, nn.Module]:
@@ -224,7 +253,9 @@ class Trainer:
             "format_version": TRAIN_STATE_VERSION,
             "step": self.step,
             "config": self.config.to_dict(),
-            "models": {name: {k: v.detach().cpu() for k, v in net.state_dict().items()} for name, net in self.networks.items()},
+            "models": {
+                name: {k: v.detach().cpu() for k, v in net.state_dict().items()} for name, net in self.networks.items()
+            },
             "optimizers": {"G": self.opt_g.state_dict(), "D": self.opt_d.state_dict()},
             "schedulers": {
                 "G": self.sched_g.state_dict() if self.sched_g else None,
@@ -302,7 +333,13 @@ class Trainer:
 
     def train_step(self, real_f: torch.Tensor, real_q: torch.Tensor) -> dict[str, torch.Tensor]:
         """One generator update then one discriminator update; returns the loss terms (detached scalars)."""
-        from ctdenoise.losses import cycle_loss, discriminator_loss, generator_adversarial_loss, generator_total_loss, identity_loss
+        from ctdenoise.losses import (
+            cycle_loss,
+            discriminator_loss,
+            generator_adversarial_loss,
+            generator_total_loss,
+            identity_loss,
+        )
 
         lc = self.config.loss
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
@@ -345,36 +382,44 @@ class Trainer:
 
     def check_replicas_in_sync(self) -> None:
         """Under torchrun: verify every process holds the same weights (gradients were averaged)."""
-        checksum = torch.stack([p.detach().double().sum() for net in self.networks.values() for p in net.parameters()]).sum()
+        checksum = torch.stack(
+            [p.detach().double().sum() for net in self.networks.values() for p in net.parameters()]
+        ).sum()
         gathered = [torch.zeros_like(checksum) for _ in range(self.dist.world_size)]
         torch.distributed.all_gather(gathered, checksum)
         if any(not torch.equal(g, gathered[0]) for g in gathered):
             raise RuntimeError(f"distributed replicas diverged: weight checksums {[g.item() for g in gathered]}")
 
     # ------------------------------------------------------------ validation
-    def validate(self) -> dict[str, Any]:
-        """PSNR/SSIM/RMSE of G_Q2F(low) and of the low-dose input against the paired full dose."""
+    def validate(self) -> Optional["Validation"]:
+        """PSNR/SSIM/RMSE of G_Q2F(low) and of the low-dose input against the paired full dose (None without pairs)."""
         from ctdenoise.inference import denoise_array
         from ctdenoise.metrics import image_quality, metric_convention
+        from ctdenoise.options import DenoiseOptions
 
         if not self.val_pairs:
-            return {}
+            return None
         window = self.config.train.val_window
         full = np.stack([f for f, _ in self.val_pairs])
         low = np.stack([q for _, q in self.val_pairs])
-        model = ModelCheckpoint(self.g_q2f, self.normalization, self.model_metadata(), self.out_dir / "model.safetensors")
+        model = ModelCheckpoint(
+            path=self.out_dir / "model.safetensors", metadata=self.model_metadata(), generator=self.g_q2f
+        )
+        options = DenoiseOptions(
+            device=str(self.device), batch_size=2, precision="auto" if self.amp_dtype else "fp32", force=True
+        )
         try:
-            denoised = denoise_array(low, model, device=str(self.device), batch_size=2, amp=self.amp_dtype is not None)
+            denoised = denoise_array(low, model, options)
         finally:
             self.g_q2f.train()
-        return {
+        metrics = {
             "step": self.step,
             "denoised": image_quality(denoised, full, window),
             "low_dose_input": image_quality(low, full, window),
             "convention": metric_convention(window),
             "slices": len(self.val_pairs),
-            "_images": (low[0], denoised[0], full[0]),
         }
+        return Validation(metrics, (low[0], denoised[0], full[0]))
 
     # ------------------------------------------------------------------ save
     def save_state(self) -> Path:
@@ -391,9 +436,26 @@ class Trainer:
         return last
 
     def export(self, path: Optional[Path] = None) -> Path:
-        """Write the inference model (both generators + metadata) as safetensors."""
+        """Write the inference model (both generators, metadata, change limit measured on the training cache)."""
+        from ctdenoise.export import calibration_slices, write_model
+
         states = {"G_Q2F": self.g_q2f.state_dict(), "G_F2Q": self.g_f2q.state_dict()}
-        return export_model(states, self.model_metadata(), path or self.out_dir / "model.safetensors")
+        calibration = calibration_slices(self.config.data.cache)
+        return write_model(
+            states,
+            self.model_metadata(),
+            path or self.out_dir / "model.safetensors",
+            calibration=calibration,
+            validation=self.val_pairs,
+        )
+
+
+@dataclass
+class Validation:
+    """One validation: the metrics logged and saved, and the first slice (low, denoised, full) for TensorBoard."""
+
+    metrics: dict[str, Any]
+    images: tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def _window_image(image: np.ndarray, window: list[float]) -> np.ndarray:
@@ -425,81 +487,129 @@ def train(
         progress: show a tqdm bar (main process only).
         cancel: polled every step; when it returns True the state is saved and training stops.
     """
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm
-
-    from ctdenoise.data import StepDataset
-
     config = copy.deepcopy(config)  # the caller's config stays as it was
     if max_steps is not None:
         config.train.max_steps = int(max_steps)
-    out_dir = Path(out_dir)
-    trainer = Trainer(config, out_dir, resume=resume)
-    main = trainer.dist.is_main
-    tc = config.train
-    writer = None
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        text = yaml.safe_dump(config.to_dict(), sort_keys=False)
-        atomic_write(out_dir / "config.yaml", lambda tmp: tmp.write_text(text, encoding="utf-8"))
-        _drop_metrics_after(out_dir / "metrics.jsonl", trainer.step)
-        from torch.utils.tensorboard import SummaryWriter
+    start = time.perf_counter()
+    trainer = Trainer(config, Path(out_dir), resume=resume)
+    log = _RunLog(trainer) if trainer.dist.is_main else None
+    stopped = _run_steps(trainer, log, progress, cancel)
+    model_path = _finish(trainer, log, stopped)
+    return TrainResult(Path(out_dir), trainer.step, model_path, trainer.metrics, time.perf_counter() - start)
 
-        writer = SummaryWriter(str(out_dir / "tb"), purge_step=trainer.step + 1 if trainer.step else None)
 
-    remaining = max(0, tc.max_steps - trainer.step)
-    dataset = StepDataset(trainer.sampler, trainer.step, remaining)
-    loader = DataLoader(
-        dataset,
+def _step_loader(trainer: Trainer) -> Any:
+    """A DataLoader yielding one (full, low) batch per remaining step, in the order set by (seed, step, rank)."""
+    from torch.utils.data import DataLoader
+
+    from ctdenoise.data import StepDataset
+
+    remaining = max(0, trainer.config.train.max_steps - trainer.step)
+    return DataLoader(
+        StepDataset(trainer.sampler, trainer.step, remaining),
         batch_size=None,
         shuffle=False,
-        num_workers=config.data.num_workers,
+        num_workers=trainer.config.data.num_workers,
         pin_memory=trainer.device.type == "cuda",
         persistent_workers=False,
     )
-    start = time.perf_counter()
-    bar = tqdm(total=tc.max_steps, initial=trainer.step, disable=not (progress and main), unit="step", dynamic_ncols=True)
-    last_log = (trainer.step, start)
-    stopped = False
+
+
+def _run_steps(
+    trainer: Trainer, log: Optional["_RunLog"], progress: bool, cancel: Optional[Callable[[], bool]]
+) -> bool:
+    """Train until ``max_steps`` or a cancel; logs, validates and saves on schedule. Returns whether it was cancelled."""
+    from tqdm import tqdm
+
+    tc = trainer.config.train
+    bar = tqdm(
+        total=tc.max_steps, initial=trainer.step, disable=not (progress and log), unit="step", dynamic_ncols=True
+    )
     try:
-        for full, low in loader:
-            real_f = _to_device(full, trainer.device, trainer.normalization)
-            real_q = _to_device(low, trainer.device, trainer.normalization)
-            losses = trainer.train_step(real_f, real_q)
+        for full, low in _step_loader(trainer):
+            losses = trainer.train_step(
+                _to_device(full, trainer.device, trainer.normalization),
+                _to_device(low, trainer.device, trainer.normalization),
+            )
             trainer.step += 1
             bar.update(1)
             step = trainer.step
-            if main and (step % tc.log_every == 0 or step == tc.max_steps):
-                now = time.perf_counter()
-                rate = (step - last_log[0]) / max(now - last_log[1], 1e-9)
-                last_log = (step, now)
-                losses = {key: float(value) for key, value in losses.items()}  # the only device sync
-                for key, value in losses.items():
-                    writer.add_scalar(f"loss/{key}", value, step)
-                writer.add_scalar("lr/generators", trainer.opt_g.param_groups[0]["lr"], step)
-                writer.add_scalar("speed/steps_per_s", rate, step)
-                bar.set_postfix(G=f"{losses['total']:.3f}", D=f"{losses['loss_D_F'] + losses['loss_D_Q']:.3f}")
-            if main and tc.val_every and step % tc.val_every == 0 and step < tc.max_steps:
-                _log_validation(trainer, writer)
-            if step % tc.checkpoint_every == 0 and step < tc.max_steps and main:
-                trainer.save_state()
+            if log is not None:
+                if step % tc.log_every == 0 or step == tc.max_steps:
+                    bar.set_postfix(log.losses(losses))
+                if tc.val_every and step % tc.val_every == 0 and step < tc.max_steps:
+                    log.validation()
+                if step % tc.checkpoint_every == 0 and step < tc.max_steps:
+                    trainer.save_state()
             if cancel is not None and cancel():
-                stopped = True
-                break
+                return True
     finally:
         bar.close()
+    return False
 
+
+def _finish(trainer: Trainer, log: Optional["_RunLog"], stopped: bool) -> Optional[Path]:
+    """Final validation, state and model (main process); the replica check under torchrun."""
     model_path = None
-    if main:
+    if log is not None:
         if not stopped:
-            _log_validation(trainer, writer)
+            log.validation()
         trainer.save_state()
         if not stopped:
             model_path = trainer.export()
-        writer.close()
+        log.close()
     if trainer.dist.world_size > 1:
         trainer.check_replicas_in_sync()
-    return TrainResult(out_dir, trainer.step, model_path, trainer.metrics, time.perf_counter() - start)
+    return model_path
+
+
+class _RunLog:
+    """The main process's records of a run: config.yaml, metrics.jsonl and TensorBoard."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.trainer = trainer
+        out_dir = trainer.out_dir
+        out_dir.mkdir(parents=True, exist_ok=True)
+        text = yaml.safe_dump(trainer.config.to_dict(), sort_keys=False)
+        atomic_write(out_dir / "config.yaml", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        _drop_metrics_after(out_dir / "metrics.jsonl", trainer.step)
+        self.writer = SummaryWriter(str(out_dir / "tb"), purge_step=trainer.step + 1 if trainer.step else None)
+        self.last = (trainer.step, time.perf_counter())
+
+    def losses(self, losses: dict[str, torch.Tensor]) -> dict[str, str]:
+        """Log the loss terms (the only device sync of a step), learning rate and speed; returns the bar's postfix."""
+        step, now = self.trainer.step, time.perf_counter()
+        rate = (step - self.last[0]) / max(now - self.last[1], 1e-9)
+        self.last = (step, now)
+        values = {key: float(value) for key, value in losses.items()}
+        for key, value in values.items():
+            self.writer.add_scalar(f"loss/{key}", value, step)
+        self.writer.add_scalar("lr/generators", self.trainer.opt_g.param_groups[0]["lr"], step)
+        self.writer.add_scalar("speed/steps_per_s", rate, step)
+        return {"G": f"{values['total']:.3f}", "D": f"{values['loss_D_F'] + values['loss_D_Q']:.3f}"}
+
+    def validation(self) -> None:
+        """Validate, keep the metrics on the trainer, and log them with an image grid."""
+        trainer = self.trainer
+        result = trainer.validate()
+        if result is None:
+            return
+        trainer.metrics = result.metrics
+        step = trainer.step
+        for group in ("denoised", "low_dose_input"):
+            for key, value in result.metrics[group].items():
+                self.writer.add_scalar(f"val/{group}/{key}", value, step)
+        window = trainer.config.train.val_window
+        grid = np.concatenate([_window_image(x, window) for x in result.images], axis=1)
+        self.writer.add_image("val/low_denoised_full", grid[None], step)
+        with open(trainer.out_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(result.metrics) + "\n")
+
+    def close(self) -> None:
+        """Flush and close TensorBoard."""
+        self.writer.close()
 
 
 def _drop_metrics_after(path: Path, step: int) -> None:
@@ -510,20 +620,3 @@ def _drop_metrics_after(path: Path, step: int) -> None:
     kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
     if len(kept) != len(lines):
         atomic_write(path, lambda tmp: tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8"))
-
-
-def _log_validation(trainer: Trainer, writer: Any) -> None:
-    result = trainer.validate()
-    if not result:
-        return
-    low, denoised, full = result.pop("_images")
-    trainer.metrics = result
-    step = trainer.step
-    for group in ("denoised", "low_dose_input"):
-        for key, value in result[group].items():
-            writer.add_scalar(f"val/{group}/{key}", value, step)
-    window = trainer.config.train.val_window
-    grid = np.concatenate([_window_image(x, window) for x in (low, denoised, full)], axis=1)
-    writer.add_image("val/low_denoised_full", grid[None], step)
-    with open(trainer.out_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(result) + "\n")
