@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up the environment (first run only), then the lint and format gate (ruff), then every test.
+# Set up the environment (first run only), then the lint and format gate (ruff), then every test:
+# the engine's (training/tests) and the Slicer module's that run without Slicer (Testing/).
 # Extra arguments go to pytest.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -7,5 +8,4 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 "$root/.venv/bin/ruff" check .
 "$root/.venv/bin/ruff" format --check .
-cd "$root/training"
 exec "$root/.venv/bin/python" -m pytest -ra "$@"

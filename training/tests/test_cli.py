@@ -227,7 +227,8 @@ def test_denoise_json_progress_and_noise_output(work: Path, small_nii: Path, tin
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     events = [json.loads(line) for line in result.stdout.splitlines()]
-    progress, done = events[:-1], events[-1]
+    started, progress, done = events[0], events[1:-1], events[-1]
+    assert started["event"] == "started" and started["pid"] > 0 and started["version"]
     assert [e["event"] for e in progress] == ["progress"] * 3
     fractions = [e["fraction"] for e in progress]
     assert fractions == sorted(set(fractions)) and fractions[-1] == 1.0
@@ -364,9 +365,22 @@ def test_simulate_checks_its_output_before_simulating(work: Path, dicom2: Path) 
     assert read_volume(work / "LOW.NII.GZ").shape == (2, 512, 512)
 
 
+@pytest.fixture(scope="module")
+def slower_model(work: Path) -> Path:
+    """A random-init fast model, with its ONNX graph, slow enough that a signal lands while slices remain."""
+    from ctdenoise.export import write_model
+
+    torch.manual_seed(0)
+    metadata = build_metadata(preset="fast", generator_args=SLOWER, normalization=HUNormalization(), patch_size=32)
+    return write_model({"G_Q2F": build_generator("fast", **SLOWER).state_dict()}, metadata, work / "slower.safetensors")
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_stops_denoising_cleanly(tmp_path: Path, dicom_series_dir: Path, signum: int) -> None:
-    model = _export_fast(tmp_path / "slower.safetensors", SLOWER)
+def test_a_signal_stops_denoising_cleanly(
+    tmp_path: Path, dicom_series_dir: Path, slower_model: Path, signum: int, runtime: str
+) -> None:
+    model = slower_model
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "CTDENOISE_DEBUG"}
@@ -380,6 +394,8 @@ def test_a_signal_stops_denoising_cleanly(tmp_path: Path, dicom_series_dir: Path
             str(model),
             "--device",
             "cpu",
+            "--runtime",
+            runtime,
             "--progress",
             "json",
         ],
@@ -389,6 +405,8 @@ def test_a_signal_stops_denoising_cleanly(tmp_path: Path, dicom_series_dir: Path
         env=env,
     )
     try:
+        started = json.loads(process.stdout.readline())
+        assert started == {"event": "started", "pid": process.pid, "version": started["version"]}
         first = json.loads(process.stdout.readline())
         assert first["event"] == "progress" and first["slices_done"] < first["slices_total"]
         process.send_signal(signum)

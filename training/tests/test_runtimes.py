@@ -95,8 +95,9 @@ def test_onnxruntime_refuses_what_it_cannot_do(tiny: Path) -> None:
 
 
 def test_the_cpu_runtime_denoises_with_pytorch_unimportable(tmp_path: Path) -> None:
+    """What a CPU user in Slicer has: ONNX Runtime, numpy, SimpleITK, pydicom; no PyTorch, no safetensors."""
     code = (
-        "import sys; sys.modules['torch'] = None\n"  # any 'import torch' now fails
+        "import sys; sys.modules['torch'] = None; sys.modules['safetensors'] = None\n"  # importing them now fails
         "from ctdenoise.cli import main\n"
         f"status = main(['denoise', {str(ONE_SLICE)!r}, {str(tmp_path / 'out')!r}, '--progress', 'json',"
         f" '--noise-out', {str(tmp_path / 'noise.nrrd')!r}])\n"

@@ -222,6 +222,8 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
     from ctdenoise.options import DenoiseOptions
 
     options = DenoiseOptions.from_cli(args)
+    if args.progress == "json":  # a parent process (the Slicer module) learns which process to stop
+        print(event_json("started", pid=os.getpid(), version=__version__), flush=True)
     stop = _StopFlag()
     report = _progress_printer(args.progress)
     try:
@@ -239,6 +241,31 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
             f"wrote {summary['output']} ({summary['slices']} slices in {summary['seconds']:.1f} s on "
             f"{summary['runtime']} {summary['device']})"
         )
+    return 0
+
+
+def _cmd_distill(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ctdenoise.distill import DistillSettings, distill
+
+    _require_input(args.teacher)
+    _require_input(args.cache)
+    _refuse_same_path(args.teacher, args.out)
+    _check_model_output(args.out)
+    student = {
+        key: getattr(args, key) for key in ("ngf", "n_res_blocks", "n_downsampling") if getattr(args, key) is not None
+    }
+    settings = DistillSettings(student, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    stop = _StopFlag()
+    with stop, tqdm(total=settings.steps, unit="step", disable=args.quiet, dynamic_ncols=True) as bar:
+
+        def progress(step: int, steps: int, loss: float) -> None:
+            bar.set_postfix_str(f"L1 {loss:.5f}", refresh=False)
+            bar.update(step - bar.n)
+
+        path, agreement = distill(args.teacher, args.cache, args.out, settings, progress=progress, cancel=stop)
+    print(f"wrote {path}; on the validation pairs: {json.dumps(agreement)}")
     return 0
 
 
@@ -554,6 +581,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache", default=None, help="training cache to measure the change limit on (default: the run's own cache)"
     )
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser(
+        "distill", help="distil a model into a smaller, faster student (same preset) on a training cache"
+    )
+    p.add_argument("teacher", help="the model to follow (.safetensors or training state)")
+    p.add_argument(
+        "--cache", required=True, help="training cache (from 'ctdenoise prepare') whose train slices it learns on"
+    )
+    p.add_argument("--out", required=True, help="destination .safetensors")
+    p.add_argument("--ngf", type=int, default=None, help="student width (the teacher's: 32 for the bundled model)")
+    p.add_argument("--n-res-blocks", dest="n_res_blocks", type=int, default=None, help="student residual blocks")
+    p.add_argument("--n-downsampling", dest="n_downsampling", type=int, default=None, help="student downsampling steps")
+    p.add_argument("--steps", type=int, default=1500, help="optimiser steps (default 1500)")
+    p.add_argument("--batch-size", type=int, default=2, help="whole slices per step (default 2)")
+    p.add_argument(
+        "--lr", type=float, default=1e-3, help="Adam learning rate at the start (default 1e-3, cosine decay)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_distill)
 
     p = sub.add_parser("convert-seed", help="import a checkpoint saved by the seed project (never unpickles code)")
     p.add_argument("src", help="seed .pth file (keys G_Q2F_state_dict, G_F2Q_state_dict, ...)")

@@ -177,6 +177,18 @@ class ModelFile(ModelDescription):
     """
 
     tensors: dict[str, TensorInfo] = field(default_factory=dict)
+    data_start: int = 0
+    """Byte offset of the data section (tensor offsets count from here)."""
+
+    def tensor_bytes(self, name: str) -> bytes:
+        """The raw bytes of one tensor, read from the file by its header offsets."""
+        begin, end = self.tensors[name].offsets
+        with open(self.path, "rb") as handle:
+            handle.seek(self.data_start + begin)
+            data = handle.read(end - begin)
+        if len(data) != end - begin:
+            raise CTDenoiseError(f"{self.path} is shorter than its header says: the file is damaged; copy it again")
+        return data
 
     def generator_tensors(self, direction: str = "G_Q2F") -> dict[str, TensorInfo]:
         """The header entries of one generator, keyed by state-dict name."""
@@ -184,8 +196,8 @@ class ModelFile(ModelDescription):
         return {name[len(prefix) :]: info for name, info in self.tensors.items() if name.startswith(prefix)}
 
 
-def read_safetensors_header(path: PathLike) -> tuple[dict[str, str], dict[str, TensorInfo]]:
-    """The ``__metadata__`` strings and tensor entries of a safetensors file, checked for consistency."""
+def read_safetensors_header(path: PathLike) -> tuple[dict[str, str], dict[str, TensorInfo], int]:
+    """The ``__metadata__`` strings, tensor entries (checked for consistency) and data offset of a safetensors file."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -208,7 +220,7 @@ def read_safetensors_header(path: PathLike) -> tuple[dict[str, str], dict[str, T
     tensors = {name: _tensor_info(path, name, entry, data_bytes) for name, entry in header.items()}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise CTDenoiseError(f"{path} has a damaged safetensors metadata section: {REEXPORT}")
-    return metadata, tensors
+    return metadata, tensors, 8 + length
 
 
 def _tensor_info(path: Path, name: str, entry: Any, data_bytes: int) -> TensorInfo:
@@ -248,7 +260,7 @@ def read_model(path: PathLike) -> ModelFile:
         raise CTDenoiseError(
             f"model {path} is not a .safetensors file: convert it with 'ctdenoise convert-seed' or 'ctdenoise export'"
         )
-    strings, tensors = read_safetensors_header(path)
+    strings, tensors, data_start = read_safetensors_header(path)
     raw = strings.get(METADATA_KEY)
     if raw is None:
         raise CTDenoiseError(
@@ -259,7 +271,7 @@ def read_model(path: PathLike) -> ModelFile:
     except json.JSONDecodeError:
         raise CTDenoiseError(f"{path} has damaged ctdenoise metadata (not JSON): {REEXPORT}") from None
     metadata = validate_metadata(metadata, str(path))
-    model = ModelFile(path=path, metadata=metadata, tensors=tensors)
+    model = ModelFile(path=path, metadata=metadata, tensors=tensors, data_start=data_start)
     weights = model.generator_tensors("G_Q2F")
     if not weights:
         raise CTDenoiseError(f"{path} holds no G_Q2F (denoising) weights: {REEXPORT}")

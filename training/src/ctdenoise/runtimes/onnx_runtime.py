@@ -24,17 +24,14 @@ INSTALL_HINT = "install it with 'pip install onnxruntime' (in 3D Slicer the modu
 
 
 def graph_bytes(model: ModelFile, precision: str) -> bytes:
-    """The validated graph of ``precision`` that ``model`` carries."""
-    from safetensors import safe_open
-
+    """The validated graph of ``precision`` that ``model`` carries (read without the safetensors package)."""
     entry = model.graphs[precision]
     name = entry["tensor"]
     if name not in model.tensors or model.tensors[name].dtype != "U8" or len(model.tensors[name].shape) != 1:
         raise CTDenoiseError(
             f"{model.path}: the {precision} graph tensor {name!r} is missing or malformed: re-export the model"
         )
-    with safe_open(str(model.path), framework="numpy") as handle:
-        data = handle.get_tensor(name).tobytes()
+    data = model.tensor_bytes(name)
     validate_graph(data, entry["sha256"], str(model.path))
     return data
 

@@ -1,0 +1,176 @@
+"""Distil a denoising model into a smaller student that runs faster on the CPU.
+
+Most users denoise on a CPU, where time per slice follows the network's FLOPs. A model trained as
+a CycleGAN (unpaired, on a GPU) can be distilled: a smaller generator of the same preset learns,
+with plain L1 regression, to give the teacher's output on the teacher's own training slices (low-
+and full-dose, so it also learns to leave full dose alone). The targets are the teacher's outputs
+on whole slices, computed once, and the student trains on whole slices too, so its instance
+norms see the statistics they will see at inference. The student is written with
+:func:`~ctdenoise.export.write_model`, so it carries its own change limit, graphs and int8 gate,
+and its metadata records the teacher and how closely it follows it on the validation pairs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from ctdenoise.checkpoints import load_checkpoint
+from ctdenoise.errors import CTDenoiseError
+from ctdenoise.runtimes.base import pad_to_multiple
+from ctdenoise.types import PathLike
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    """How the student is built and trained.
+
+    Attributes:
+        student_args: generator arguments that differ from the teacher's (e.g. ``{"ngf": 16}``).
+        steps: optimiser steps.
+        batch_size: whole slices per step.
+        lr: Adam learning rate at the start; it decays to 1% along a cosine.
+        seed: seed for the student's weights and the order of slices.
+        max_slices: training slices per dose taken from the cache (evenly spread).
+    """
+
+    student_args: dict[str, Any]
+    steps: int = 1500
+    batch_size: int = 2
+    lr: float = 1e-3
+    seed: int = 0
+    max_slices: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "max_slices"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise CTDenoiseError(f"distillation {name} must be a positive integer, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise CTDenoiseError(f"distillation learning rate must be a positive number, got {self.lr!r}")
+
+
+def _training_slices(cache_dir: PathLike, max_slices: int) -> list[np.ndarray]:
+    """Low- and full-dose HU slices of a cache's train split, up to ``max_slices`` per dose."""
+    from ctdenoise.data import load_cache
+
+    cache = load_cache(cache_dir)
+    slices = []
+    for dose in ("low", "full"):
+        picks = [(e, i) for e in cache.volumes(split="train", dose=dose) for i in range(e.shape[0])]
+        for k in np.linspace(0, len(picks) - 1, min(max_slices, len(picks))) if picks else []:
+            entry, index = picks[round(k)]
+            slices.append(np.asarray(cache.array(entry)[index], dtype=np.float32))
+    if not slices:
+        raise CTDenoiseError(f"cache {cache_dir} has no training slices to distil on: prepare it with a train split")
+    return slices
+
+
+def distill(
+    teacher: PathLike,
+    cache: PathLike,
+    out: PathLike,
+    settings: DistillSettings,
+    *,
+    progress: Optional[Callable[[int, int, float], None]] = None,
+    cancel: Optional[Callable[[], bool]] = None,
+) -> tuple[Path, dict[str, Any]]:
+    """Train a student of ``teacher`` on ``cache`` and write it to ``out`` (a ``.safetensors`` model).
+
+    ``progress(step, steps, loss)`` is called after each step; ``cancel()`` stops the run (nothing
+    is written). Returns the written path and the student's agreement with the teacher.
+    """
+    from ctdenoise.export import calibration_slices, validation_pairs, write_model
+    from ctdenoise.networks import build_generator, zero_residual
+
+    teacher_model = load_checkpoint(teacher)
+    normalization, multiple = teacher_model.normalization, teacher_model.size_multiple
+    slices = _training_slices(cache, settings.max_slices)
+    inputs = [pad_to_multiple(normalization.normalize(s)[None, None].astype(np.float32), multiple) for s in slices]
+    with torch.inference_mode():
+        targets = [teacher_model.generator(torch.from_numpy(x)).numpy() for x in inputs]
+    args = {**teacher_model.generator_args, **settings.student_args}
+    torch.manual_seed(settings.seed)
+    student = zero_residual(build_generator(teacher_model.preset, **args))
+    optimizer = torch.optim.Adam(student.parameters(), lr=settings.lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(step, settings.steps) / settings.steps))
+    )
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, x in enumerate(inputs):  # slices of one size batch together
+        groups.setdefault(x.shape, []).append(index)
+    sizes = list(groups.values())
+    weights = np.array([len(g) for g in sizes], dtype=float) / len(inputs)
+    order = np.random.default_rng(settings.seed)
+    started, loss_value = time.perf_counter(), float("nan")
+    student.train()
+    for step in range(1, settings.steps + 1):
+        if cancel is not None and cancel():
+            raise CTDenoiseError("distillation cancelled: nothing was written")
+        group = sizes[order.choice(len(sizes), p=weights)]
+        picks = order.choice(group, size=min(settings.batch_size, len(group)), replace=False)
+        x = torch.from_numpy(np.concatenate([inputs[i] for i in picks]))
+        y = torch.from_numpy(np.concatenate([targets[i] for i in picks]))
+        loss = torch.nn.functional.l1_loss(student(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        loss_value = float(loss.detach())
+        if progress is not None:
+            progress(step, settings.steps, loss_value)
+    student.eval()
+    agreement = _agreement(teacher_model, student, validation_pairs(cache))
+    metadata = dict(teacher_model.metadata)
+    metadata["generator"] = {"preset": teacher_model.preset, "args": args}
+    metadata["training"] = {
+        **(metadata.get("training") or {}),
+        "distilled_from": {
+            "file": Path(teacher).name,
+            "generator_args": teacher_model.generator_args,
+            "steps": settings.steps,
+            "batch_size": settings.batch_size,
+            "lr": settings.lr,
+            "slices": len(slices),
+            "final_l1": round(loss_value, 6),
+            "seconds": round(time.perf_counter() - started, 1),
+            "agreement": agreement,
+        },
+    }
+    states = {"G_Q2F": student.state_dict()}
+    path = write_model(states, metadata, out, calibration=calibration_slices(cache), validation=validation_pairs(cache))
+    return path, agreement
+
+
+def _agreement(teacher: Any, student: torch.nn.Module, pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """How closely the student follows the teacher on (full, low) validation pairs, in HU and PSNR."""
+    if not pairs:
+        return {}
+    normalization, multiple = teacher.normalization, teacher.size_multiple
+    outputs: dict[str, list[np.ndarray]] = {"teacher": [], "student": []}
+    with torch.inference_mode():
+        for _, low in pairs:
+            x = torch.from_numpy(pad_to_multiple(normalization.normalize(low)[None, None].astype(np.float32), multiple))
+            for name, net in (("teacher", teacher.generator), ("student", student)):
+                change = (net(x) - x)[0, 0, : low.shape[0], : low.shape[1]].numpy() * normalization.scale
+                outputs[name].append(low + change)
+
+    def psnr(images: list[np.ndarray]) -> float:
+        errors = [np.clip(i, -160, 240) - np.clip(full, -160, 240) for i, (full, _) in zip(images, pairs)]
+        return 10 * math.log10(400**2 / float(np.mean(np.concatenate([e.ravel() ** 2 for e in errors]))))
+
+    difference = np.concatenate([np.abs(a - b).ravel() for a, b in zip(outputs["student"], outputs["teacher"])])
+    return {
+        "slices": len(pairs),
+        "psnr_teacher_db": round(psnr(outputs["teacher"]), 3),
+        "psnr_student_db": round(psnr(outputs["student"]), 3),
+        "mean_abs_diff_hu": round(float(difference.mean()), 3),
+        "p99_9_abs_diff_hu": round(float(np.percentile(difference, 99.9)), 3),
+        "window_hu": [-160.0, 240.0],
+    }
