@@ -34,7 +34,11 @@ SETTINGS_MODEL = "CycleGANDenoise/ModelPath"
 SETTINGS_DEVICE = "CycleGANDenoise/Device"
 SETTINGS_PRESET = "CycleGANDenoise/WindowPreset"
 POLL_INTERVAL_MS = 100
+STRENGTH_DELAY_MS = 150
 PREVIEW_SLICES = 1
+PREVIEW_ATTRIBUTE = "CycleGANDenoise.PreviewOf"
+NOISE_WINDOW = (100.0, 0.0)
+"""Window (width, level) of a removed-noise volume: about +-50 HU around 0."""
 
 
 #
@@ -101,6 +105,7 @@ class CycleGANDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._state = "idle"
         self._deviceReport = None
+        self._strengthTimer = None
 
     def setup(self) -> None:
         """Load the .ui, connect it, and fill the menus that do not depend on the scene."""
@@ -133,6 +138,10 @@ class CycleGANDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.deviceComboBox.addItem(_("cpu"), "cpu")
         self.ui.modelPathLineEdit.currentPath = slicer.util.settingsValue(SETTINGS_MODEL, "")
         self.ui.progressBar.hide()
+        self._strengthTimer = qt.QTimer()
+        self._strengthTimer.setSingleShot(True)
+        self._strengthTimer.setInterval(STRENGTH_DELAY_MS)
+        self._strengthTimer.connect("timeout()", self.applyStrength)
 
         self.ui.denoiseButton.connect("clicked(bool)", self.onDenoiseButton)
         self.ui.previewButton.connect("clicked(bool)", self.onPreviewButton)
@@ -154,7 +163,7 @@ class CycleGANDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.removeObservers()
 
     def enter(self) -> None:
-        """Make sure there is a parameter node; list devices the first time."""
+        """Make sure there is a parameter node; list devices the first time (in the background)."""
         self.initializeParameterNode()
         if self._deviceReport is None:
             self.onDetectDevices()
@@ -167,8 +176,9 @@ class CycleGANDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
 
     def onSceneStartClose(self, caller, event) -> None:
-        """The scene is closing: cancel a run and drop the parameter node."""
+        """The scene is closing: cancel a run, forget kept results, drop the parameter node."""
         self.logic.cancel()
+        self.logic.clearResults()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -180,9 +190,10 @@ class CycleGANDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """The singleton parameter node, with the first CT volume as input when none is chosen."""
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
-            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if firstVolumeNode:
-                self._parameterNode.inputVolume = firstVolumeNode
+            for volume in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
+                if not volume.IsA("vtkMRMLLabelMapVolumeNode"):
+                    self._parameterNode.inputVolume = volume
+                    break
 
     def setParameterNode(self, inputParameterNode: Optional[CycleGANDenoiseParameterNode]) -> None:
         """Bind the GUI to ``inputParameterNode`` (and unbind the previous one)."""
@@ -196,20 +207,18 @@ class CycleGANDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._checkCanApply()
 
     def _checkCanApply(self, caller=None, event=None) -> None:
-        """Enable Denoise and Preview when an input is chosen; the button is Cancel while a run goes on."""
+        """Enable Denoise and Preview when the volumes are valid; the button is Cancel while a run goes on."""
         running = self._state in ("running", "cancelling")
-        hasInput = bool(self._parameterNode and self._parameterNode.inputVolume)
+        problem = self.logic.volumesProblem(self._parameterNode) if self._parameterNode else _("No parameter node.")
         self.ui.denoiseButton.text = _("Cancel") if running else _("Denoise")
         self.ui.denoiseButton.enabled = (running and self._state != "cancelling") or (
-            hasInput and self._state == "idle"
+            not problem and self._state == "idle"
         )
-        self.ui.previewButton.enabled = hasInput and self._state == "idle"
+        self.ui.previewButton.enabled = not problem and self._state == "idle"
         self.ui.denoiseButton.toolTip = (
             _("Stop the engine now: no output is created")
             if running
-            else _("Denoise the whole input volume")
-            if hasInput
-            else _("Select an input CT volume")
+            else problem or _("Denoise the whole input volume")
         )
 
     def _setState(self, state: str) -> None:
@@ -227,22 +236,35 @@ class CycleGANDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onUseBundledModel(self) -> None:
         """Go back to the model shipped with the extension."""
         self.ui.modelPathLineEdit.currentPath = ""
+        self.onModelPathChanged("")  # the path editor does not signal an empty path
 
     def onModelPathChanged(self, path: str) -> None:
-        """Remember the choice and show what the model is (or why the file is refused)."""
-        qt.QSettings().setValue(SETTINGS_MODEL, path)
+        """Show what the model is (or why the file is refused); remember only usable choices."""
         text, valid = self.logic.modelDescription(path.strip() or None)
         self.ui.modelInfoLabel.text = text
         self.ui.modelInfoLabel.styleSheet = "" if valid else "color: #c0392b"
-        if valid and path.strip():
-            self.ui.modelPathLineEdit.addCurrentPathToHistory()
+        if valid:
+            qt.QSettings().setValue(SETTINGS_MODEL, path.strip())
+            if path.strip():
+                self.ui.modelPathLineEdit.addCurrentPathToHistory()
 
     # --------------------------------------------------------------------------------- devices
 
     def onDetectDevices(self) -> None:
-        """Ask the engine (in a child process) what can run the network, and fill the device menu."""
-        with slicer.util.WaitCursor():
-            self._deviceReport = self.logic.deviceReport()
+        """Ask the engine (in a child process, in the background) what can run the network."""
+        self.ui.detectDevicesButton.enabled = False
+        self.ui.deviceNoteLabel.text = _("Looking for devices...")
+        self.ui.deviceNoteLabel.visible = True
+        try:
+            self.logic.detectDevices(self.onDevicesFound)
+        except RuntimeError as error:
+            self.ui.deviceNoteLabel.text = str(error)
+            self.ui.detectDevicesButton.enabled = True
+
+    def onDevicesFound(self, report) -> None:
+        """Fill the device menu (keeping the remembered choice) and show what the user should know."""
+        self._deviceReport = report
+        self.ui.detectDevicesButton.enabled = True
         remembered = slicer.util.settingsValue(SETTINGS_DEVICE, "auto")
         self.ui.deviceComboBox.clear()
         for choice in self._deviceReport.choices:
@@ -278,8 +300,9 @@ class CycleGANDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = ""
         self._setState("installing")
         try:
-            with slicer.util.tryWithErrorDisplay(_("Could not start denoising."), waitCursor=True):
-                if not self.logic.ensureDependencies(device):
+            with slicer.util.tryWithErrorDisplay(_("Could not start denoising.")):
+                gpuFound = bool(self._deviceReport and self._deviceReport.gpu_found)
+                if not self.logic.ensureDependencies(device, gpuFound=gpuFound):
                     self.ui.statusLabel.text = _("Nothing was installed, so nothing ran.")
                     self._setState("idle")
                     return
@@ -296,10 +319,8 @@ class CycleGANDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     "progressCallback": self.onEngineEvent,
                     "completedCallback": self.onRunCompleted,
                 }
-                if preview:
-                    self.logic.preview(
-                        node.inputVolume, self.redViewPosition(), outputNode=node.outputVolume, **arguments
-                    )
+                if preview:  # into a preview volume of its own: a full result stays as it is
+                    self.logic.preview(node.inputVolume, self.redViewPosition(), **arguments)
                 else:
                     self.logic.denoise(node.inputVolume, node.outputVolume, noiseNode=node.noiseVolume, **arguments)
         finally:
@@ -338,9 +359,12 @@ class CycleGANDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 speed=summary.get("slices", 0) / seconds,
             )
             if run.outputNode is not None:
-                self._parameterNode.outputVolume = run.outputNode
-                self.logic.showSideBySide(self._parameterNode.inputVolume, run.outputNode)
-                self.onPresetChanged()
+                if run.slab is None:
+                    self._parameterNode.outputVolume = run.outputNode
+                self.logic.setStrength(run.outputNode, self._parameterNode.strength, run.noiseNode)  # the slider now
+                self.logic.showSideBySide(run.inputNode, run.outputNode)
+                key = self.ui.presetComboBox.itemData(self.ui.presetComboBox.currentIndex)
+                self.logic.applyWindowPreset(key, [run.inputNode, run.outputNode])
         elif run.state == "cancelled":
             self.ui.statusLabel.text = _("Cancelled: no output was created.")
         else:
@@ -351,10 +375,14 @@ class CycleGANDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------------- compare results
 
     def onStrengthChanged(self, value: float) -> None:
-        """Blend input and the kept full-strength result: no new run."""
+        """Blend again shortly after the slider stops moving (a blend rewrites the whole volume)."""
+        self._strengthTimer.start()
+
+    def applyStrength(self) -> None:
+        """Blend input and the kept full-strength result at the slider's strength: no new run."""
         node = self._parameterNode
         if node and node.outputVolume and self.logic.hasResult(node.outputVolume):
-            self.logic.setStrength(node.outputVolume, value, node.noiseVolume)
+            self.logic.setStrength(node.outputVolume, node.strength, node.noiseVolume)
 
     def onPresetChanged(self, index: int = -1) -> None:
         """Apply the chosen window to input and output together."""
@@ -427,6 +455,16 @@ class DenoiseRun:
         return self.process.error
 
 
+class KeptResult:
+    """A full-strength result kept for live blending: the nodes it belongs to and both arrays."""
+
+    def __init__(self, outputNode, inputNode, source, full):
+        self.outputNode = outputNode
+        self.inputNode = inputNode
+        self.source = source
+        self.full = full
+
+
 class CycleGANDenoiseLogic(ScriptedLoadableModuleLogic):
     """Denoise volumes with the bundled engine in a child process; no Qt widgets here.
 
@@ -442,6 +480,7 @@ class CycleGANDenoiseLogic(ScriptedLoadableModuleLogic):
         self.results = {}
         self.activeRun = None
         self.keepTemporaryFiles = False
+        self._deviceDetection = None
 
     def getParameterNode(self):
         """The module's parameter node, typed."""
@@ -470,9 +509,8 @@ class CycleGANDenoiseLogic(ScriptedLoadableModuleLogic):
         self._importEngine()
         from CycleGANDenoiseLib.command import engine_environment
 
-        return engine_environment(
-            self.engineDir(), {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}, cpu_only=device == "cpu"
-        )
+        inherited = {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+        return engine_environment(self.engineDir(), inherited, cpu_only=device == "cpu")
 
     def _importEngine(self) -> None:
         """Make ``import ctdenoise`` work in Slicer's process (light parts only: options, model metadata)."""
@@ -480,16 +518,12 @@ class CycleGANDenoiseLogic(ScriptedLoadableModuleLogic):
         if engine not in sys.path:
             sys.path.append(engine)
 
-    def launcher(self, command, environment):
-        """Start the child with Slicer's launcher (the 5.10 signature: blocking, with merged output)."""
-        return slicer.util.launchConsoleProcess(command, updateEnvironment=environment)
-
-    def ensureDependencies(self, device: str = "auto", askConfirmation: bool = True) -> bool:
+    def ensureDependencies(self, device: str = "auto", askConfirmation: bool = True, gpuFound: bool = False) -> bool:
         """Install what a run on ``device`` needs, after one confirmation; False when the user declines.
 
-        CPU runs need ONNX Runtime only. GPU runs need PyTorch, installed through the PyTorch
-        extension (PyTorchUtils), and safetensors and MONAI. Slicer's numpy, SimpleITK and pydicom are
-        never replaced.
+        CPU runs need ONNX Runtime only. GPU runs (a GPU device, or ``auto`` where PyTorch found a GPU)
+        need PyTorch, installed through the PyTorch extension (PyTorchUtils), and MONAI. Slicer's numpy,
+        SimpleITK and pydicom are never replaced.
         """
         from CycleGANDenoiseLib.dependencies import (
             CPU_REQUIREMENTS,
@@ -497,12 +531,13 @@ class CycleGANDenoiseLogic(ScriptedLoadableModuleLogic):
             TORCH_REQUIREMENT,
             missing,
             needs_gpu,
+            torch_installed,
         )
 
-        gpu = needs_gpu(device)
+        gpu = needs_gpu(device, gpuFound)
         packages = missing(CPU_REQUIREMENTS + (GPU_REQUIREMENTS if gpu else ()))
         torchLogic = None
-        if gpu:
+        if gpu and not torch_installed():
             try:
                 import PyTorchUtils
             except ModuleNotFoundError:
@@ -513,8 +548,6 @@ class CycleGANDenoiseLogic(ScriptedLoadableModuleLogic):
                     )
                 ) from None
             torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-            if torchLogic.torchInstalled():
-                torchLogic = None
         if not packages and torchLogic is None:
             return True
         listed = (
@@ -526,38 +559,44 @@ class CycleGANDenoiseLogic(ScriptedLoadableModuleLogic):
             detailedText=_("Packages that will be downloaded and installed:") + "\n" + "\n".join(listed),
         ):
             return False
-        if (
-            torchLogic is not None
-            and torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT) is None
-        ):
-            raise RuntimeError(_("PyTorch was not installed: GPU denoising is not available. Choose the cpu device."))
-        if packages:
-            slicer.util.pip_install(" ".join(packages))
+        with slicer.util.WaitCursor():
+            if torchLogic is not None:
+                installed = torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT)
+                if installed is None:
+                    raise RuntimeError(
+                        _("PyTorch was not installed: GPU denoising is not available. Choose the cpu device.")
+                    )
+            if packages:
+                slicer.util.pip_install(" ".join(packages))
         return True
 
     def modelDescription(self, checkpoint: Optional[str]):
         """(text, valid): what the model is from its metadata, or the engine's one-line reason it is refused."""
-        self._importEngine()
-        from ctdenoise.errors import CTDenoiseError
-
         try:
-            if checkpoint and not checkpoint.lower().endswith(".safetensors"):
-                return _("Seed or training checkpoint: it runs on PyTorch (GPU device or PyTorch installed)."), True
+            self._importEngine()
+            from ctdenoise.errors import CTDenoiseError
             from ctdenoise.inference import bundled_model_path
             from ctdenoise.modelfile import read_model
 
+            if checkpoint and not Path(checkpoint).is_file():
+                return _("No model file at {path}.").format(path=checkpoint), False
+            if checkpoint and not checkpoint.lower().endswith(".safetensors"):
+                return _(
+                    "Seed or training checkpoint: it runs on PyTorch (choose a GPU device or install PyTorch)."
+                ), True
             summary = read_model(checkpoint or bundled_model_path()).summary()
-        except CTDenoiseError as error:
+        except (CTDenoiseError, OSError, RuntimeError) as error:
             return _("Not a usable model: {reason}").format(reason=str(error)), False
         data = summary.get("training_data") or {}
         metrics = summary.get("metrics") or {}
+        normalization = summary["normalization"]
         lines = [
-            _("{file}: '{preset}' generator, normalised to HU {low:g}..{high:g} / {scale:g}").format(
+            _("{file}: '{preset}' generator; HU clipped to {low:g}..{high:g}, divided by {scale:g}.").format(
                 file=summary["file"],
                 preset=summary["preset"],
-                low=summary["normalization"]["hu_min"],
-                high=summary["normalization"]["hu_max"],
-                scale=summary["normalization"]["scale"],
+                low=normalization["hu_min"],
+                high=normalization["hu_max"],
+                scale=normalization["scale"],
             )
         ]
         if isinstance(data, dict) and data:
@@ -585,18 +624,50 @@ class CycleGANDenoiseLogic(ScriptedLoadableModuleLogic):
         )
         return "\n".join(lines), True
 
-    def deviceReport(self):
-        """The device menu, asked of the engine in a child process (Slicer's process never imports PyTorch)."""
-        from CycleGANDenoiseLib.devices import DESCRIBE, describe
+    def detectDevices(self, callback: Callable) -> None:
+        """Ask the engine in a child process what can run the network; ``callback(report)`` when it answers.
 
-        environment = {**os.environ, **self.engineEnvironment("auto")}
-        return describe([self.pythonExecutable(), "-c", DESCRIBE], environment)
+        The child is started with Slicer's launcher (no console window on Windows) and polled by a
+        timer, so Slicer stays responsive while PyTorch, if installed, starts up in the child.
+        """
+        from CycleGANDenoiseLib.devices import DESCRIBE, parse_report
+
+        environment = self.engineEnvironment("auto")
+        process = slicer.util.launchConsoleProcess(
+            [self.pythonExecutable(), "-c", DESCRIBE], updateEnvironment=environment
+        )
+        timer = qt.QTimer()
+        timer.setInterval(POLL_INTERVAL_MS)
+
+        def check():
+            if process.poll() is None:
+                return
+            timer.stop()
+            self._deviceDetection = None
+            output = process.stdout.read() if process.stdout else ""
+            callback(parse_report(process.returncode, output, output))
+
+        timer.connect("timeout()", check)
+        timer.start()
+        self._deviceDetection = (process, timer)
 
     # --------------------------------------------------------------------------------- running
 
     def running(self) -> bool:
         """Whether a run is in progress."""
         return self.activeRun is not None and self.activeRun.process.running
+
+    def volumesProblem(self, parameterNode) -> str:
+        """Why the chosen volumes cannot be denoised ('' when they can)."""
+        inputNode = parameterNode.inputVolume
+        if not inputNode or inputNode.GetImageData() is None:
+            return _("Select an input CT volume that holds an image.")
+        roles = [parameterNode.outputVolume, parameterNode.noiseVolume]
+        if any(node is inputNode for node in roles):
+            return _("The output and the removed-noise volumes must not be the input: choose other volumes.")
+        if roles[0] is not None and roles[0] is roles[1]:
+            return _("The output and the removed-noise volumes must differ: choose another one.")
+        return ""
 
     def denoise(
         self,
@@ -629,6 +700,10 @@ class CycleGANDenoiseLogic(ScriptedLoadableModuleLogic):
         """
         if not inputNode or inputNode.GetImageData() is None:
             raise ValueError(_("Select an input volume that holds an image."))
+        if outputNode is inputNode or noiseNode is inputNode or (outputNode is not None and outputNode is noiseNode):
+            raise ValueError(
+                _("The output and the removed-noise volumes must differ from each other and from the input.")
+            )
         array = slicer.util.arrayFromVolume(inputNode)
         return self._run(
             inputNode,
@@ -649,7 +724,6 @@ class CycleGANDenoiseLogic(ScriptedLoadableModuleLogic):
         self,
         inputNode,
         rasPosition,
-        outputNode=None,
         checkpoint=None,
         strength: float = 1.0,
         device: str = "auto",
@@ -657,25 +731,29 @@ class CycleGANDenoiseLogic(ScriptedLoadableModuleLogic):
         progressCallback: Optional[Callable] = None,
         completedCallback: Optional[Callable] = None,
     ):
-        """Denoise only the axial slice of ``inputNode`` at ``rasPosition`` (a second or two on a CPU).
+        """Denoise only the axial slice of ``inputNode`` at the world position ``rasPosition`` (a second or two on a CPU).
 
-        The rest of the output is the input. Arguments and return value as in :meth:`denoise`.
+        The result goes to the input's preview volume (created once, reused), whose other slices are the
+        input; a full result in the output volume is left alone. Arguments and return value as in
+        :meth:`denoise`.
         """
         from CycleGANDenoiseLib.arrays import axial_axis, slab
 
         array = slicer.util.arrayFromVolume(inputNode)
         ijkToRAS = self._ijkToRAS(inputNode)
         axis = axial_axis(ijkToRAS)
+        worldToLocal = vtk.vtkGeneralTransform()
+        slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(None, inputNode.GetParentTransformNode(), worldToLocal)
         rasToIJK = vtk.vtkMatrix4x4()
         inputNode.GetRASToIJKMatrix(rasToIJK)
-        ijk = rasToIJK.MultiplyPoint([*rasPosition, 1.0])
+        ijk = rasToIJK.MultiplyPoint([*worldToLocal.TransformPoint(list(rasPosition)), 1.0])
         index = int(round(ijk[2 - axis]))
         voxels, slabToRAS, where = slab(array, ijkToRAS, axis, index, PREVIEW_SLICES)
         return self._run(
             inputNode,
             voxels,
             slabToRAS,
-            outputNode,
+            self._previewNode(inputNode),
             None,
             (axis, where),
             checkpoint,
@@ -685,6 +763,13 @@ class CycleGANDenoiseLogic(ScriptedLoadableModuleLogic):
             progressCallback,
             completedCallback,
         )
+
+    def _previewNode(self, inputNode):
+        """The existing preview volume of ``inputNode``, or None (one is created on success)."""
+        for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
+            if node.GetAttribute(PREVIEW_ATTRIBUTE) == inputNode.GetID():
+                return node
+        return None
 
     def _run(
         self,
@@ -721,7 +806,11 @@ class CycleGANDenoiseLogic(ScriptedLoadableModuleLogic):
                 options,
                 Path(checkpoint) if checkpoint else None,
             )
-            process = EngineProcess(command, self.engineEnvironment(device), self.launcher)
+
+            def launcher(arguments, environment):  # in the run's folder: nothing there can shadow the engine
+                return slicer.util.launchConsoleProcess(arguments, updateEnvironment=environment, cwd=str(folder))
+
+            process = EngineProcess(command, self.engineEnvironment(device), launcher)
         except Exception:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -792,12 +881,13 @@ class CycleGANDenoiseLogic(ScriptedLoadableModuleLogic):
             full = source.copy()
             full[tuple(index)] = read_volume_file(run.folder / "output.nrrd", full[tuple(index)].shape)
         outputNode = run.outputNode or self._newVolumeLike(run.inputNode, run.outputName)
-        self.results[outputNode.GetID()] = (source, full.astype(source.dtype))
+        if run.slab is not None:
+            outputNode.SetAttribute(PREVIEW_ATTRIBUTE, run.inputNode.GetID())
+        self.clearResults(keepPresent=True)
+        self.results[outputNode.GetID()] = KeptResult(outputNode, run.inputNode, source, full.astype(source.dtype))
         run.outputNode = outputNode
-        self.setStrength(outputNode, run.strength, run.noiseNode)
         self._placeLike(outputNode, run.inputNode)
-        if run.noiseNode:
-            self._placeLike(run.noiseNode, run.inputNode)
+        self.setStrength(outputNode, run.strength, run.noiseNode)
 
     def _newVolumeLike(self, inputNode, name):
         node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", slicer.mrmlScene.GenerateUniqueName(name))
@@ -805,8 +895,8 @@ class CycleGANDenoiseLogic(ScriptedLoadableModuleLogic):
         node.CreateDefaultDisplayNodes()
         return node
 
-    def _placeLike(self, node, inputNode) -> None:
-        """Same geometry, parent transform and study as the input; the input's window."""
+    def _placeLike(self, node, inputNode, window=None) -> None:
+        """Same geometry, parent transform and study as the input; the input's window (or ``window``)."""
         if node.GetDisplayNode() is None:
             node.CreateDefaultDisplayNodes()
         node.CopyOrientation(inputNode)
@@ -815,23 +905,38 @@ class CycleGANDenoiseLogic(ScriptedLoadableModuleLogic):
         parent = shNode.GetItemParent(shNode.GetItemByDataNode(inputNode))
         shNode.SetItemParent(shNode.GetItemByDataNode(node), parent)
         source, target = inputNode.GetDisplayNode(), node.GetDisplayNode()
-        if source and target:
+        if target is not None and (source is not None or window is not None):
+            width, level = window or (source.GetWindow(), source.GetLevel())
             target.AutoWindowLevelOff()
-            target.SetWindowLevel(source.GetWindow(), source.GetLevel())
+            target.SetWindowLevel(width, level)
+
+    def clearResults(self, keepPresent: bool = False) -> None:
+        """Forget kept results (all, or with ``keepPresent`` those whose volumes left the scene)."""
+        self.results = {
+            key: kept
+            for key, kept in self.results.items()
+            if keepPresent
+            and slicer.mrmlScene.IsNodePresent(kept.outputNode)
+            and slicer.mrmlScene.IsNodePresent(kept.inputNode)
+        }
 
     def hasResult(self, outputNode) -> bool:
-        """Whether a full-strength result of ``outputNode`` is kept for live blending."""
-        return bool(outputNode) and outputNode.GetID() in self.results
+        """Whether a full-strength result of this very ``outputNode`` is kept for live blending."""
+        kept = self.results.get(outputNode.GetID()) if outputNode else None
+        return kept is not None and kept.outputNode is outputNode
 
     def setStrength(self, outputNode, strength: float, noiseNode=None) -> None:
         """Show ``strength`` of the kept result in ``outputNode`` (and input minus output in ``noiseNode``)."""
         from CycleGANDenoiseLib.arrays import blend, removed_noise
 
-        source, full = self.results[outputNode.GetID()]
-        output = blend(source, full, strength)
+        if not self.hasResult(outputNode):
+            raise ValueError(_("{name} holds no result of this module to blend.").format(name=outputNode.GetName()))
+        kept = self.results[outputNode.GetID()]
+        output = blend(kept.source, kept.full, strength)
         slicer.util.updateVolumeFromArray(outputNode, output)
         if noiseNode:
-            slicer.util.updateVolumeFromArray(noiseNode, removed_noise(source, output))
+            slicer.util.updateVolumeFromArray(noiseNode, removed_noise(kept.source, output))
+            self._placeLike(noiseNode, kept.inputNode, NOISE_WINDOW)
 
     # ----------------------------------------------------------------------------- comparison
 
@@ -857,6 +962,7 @@ class CycleGANDenoiseLogic(ScriptedLoadableModuleLogic):
         """Input in the red view, output in the yellow one, both axial and linked."""
         layoutManager = slicer.app.layoutManager()
         layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
+        slicer.app.processEvents()  # let the views take their new size before fitting
         for viewName, node in (("Red", inputNode), ("Yellow", outputNode)):
             sliceWidget = layoutManager.sliceWidget(viewName)
             sliceWidget.mrmlSliceNode().SetOrientationToAxial()
@@ -911,27 +1017,33 @@ class CycleGANDenoiseLogic(ScriptedLoadableModuleLogic):
 
 
 class CycleGANDenoiseTest(ScriptedLoadableModuleTest):
-    """In-Slicer tests on a real CT (two slices of a simulated quarter-dose abdomen shipped with the module)."""
+    """In-Slicer tests on a real CT (two slices of a simulated quarter-dose abdomen shipped with the module).
+
+    They run on the CPU with ONNX Runtime; setUp installs it when missing (Slicer's testing mode
+    skips the confirmation), which needs network access once.
+    """
 
     def setUp(self):
-        """A clean scene."""
+        """A clean scene and the CPU runtime."""
         slicer.mrmlScene.Clear()
+        self.assertTrue(CycleGANDenoiseLogic().ensureDependencies("cpu", askConfirmation=False))
 
     def runTest(self):
         """Run every case."""
-        self.setUp()
-        self.test_DenoiseKeepsGeometryAndLowersNoise()
-        self.setUp()
-        self.test_CancelLeavesNoNodeAndNoFiles()
-        self.setUp()
-        self.test_ModelThatIsNotAModelIsRefused()
+        for case in (
+            self.test_DenoiseKeepsGeometryAndLowersNoise,
+            self.test_CancelLeavesNoNodeAndNoFiles,
+            self.test_ModelThatIsNotAModelIsRefused,
+        ):
+            self.setUp()
+            case()
 
     def _sample(self):
         path = Path(__file__).resolve().parent / "Resources" / "Testing" / "abdomen_quarter_dose_2slices.nrrd"
         return slicer.util.loadVolume(str(path), {"show": False})
 
     def test_DenoiseKeepsGeometryAndLowersNoise(self):
-        """Denoise on the CPU: geometry and study kept, input unchanged, liver noise falls, strength blends."""
+        """Denoise on the CPU: geometry, transform and study kept, input unchanged, liver noise falls, strength blends."""
         import numpy as np
 
         self.delayDisplay("Denoising a real quarter-dose CT on the CPU")
@@ -940,7 +1052,6 @@ class CycleGANDenoiseTest(ScriptedLoadableModuleTest):
         transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
         inputNode.SetAndObserveTransformNodeID(transform.GetID())
         logic = CycleGANDenoiseLogic()
-        self.assertTrue(logic.ensureDependencies("cpu", askConfirmation=False))
         outputNode = logic.denoise(inputNode, device="cpu")
         after = slicer.util.arrayFromVolume(outputNode)
         self.assertEqual(after.shape, before.shape)
@@ -952,6 +1063,11 @@ class CycleGANDenoiseTest(ScriptedLoadableModuleTest):
             for column in range(4):
                 self.assertAlmostEqual(inputMatrix.GetElement(row, column), outputMatrix.GetElement(row, column), 5)
         self.assertEqual(outputNode.GetTransformNodeID(), transform.GetID())
+        shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+        self.assertEqual(
+            shNode.GetItemParent(shNode.GetItemByDataNode(outputNode)),
+            shNode.GetItemParent(shNode.GetItemByDataNode(inputNode)),
+        )
         liver = (slice(None), slice(240, 270), slice(130, 170))
         self.assertLess(after[liver].std(), 0.75 * before[liver].std())
         self.assertLess(abs(float(after[liver].mean()) - float(before[liver].mean())), 3.0)
@@ -960,18 +1076,19 @@ class CycleGANDenoiseTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Test passed")
 
     def test_CancelLeavesNoNodeAndNoFiles(self):
-        """Cancel right after the first progress report: no new volume, no temporary folder."""
+        """Cancel while slices remain: no new volume, no temporary folder, no engine left running."""
         inputNode = self._sample()
         volumesBefore = slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
         logic = CycleGANDenoiseLogic()
         events = []
         run = logic.denoise(inputNode, device="cpu", waitForCompletion=False, progressCallback=events.append)
         folder = run.folder
-        deadline = time.monotonic() + 60
-        while run.state == "running" and not any(e.kind in ("started", "progress") for e in events):
+        deadline = time.monotonic() + 120
+        while run.state == "running" and not any(e.kind == "started" for e in events):
             slicer.app.processEvents()
-            time.sleep(0.05)
+            time.sleep(0.02)
             self.assertLess(time.monotonic(), deadline)
+        self.assertEqual(run.state, "running", run.error)
         logic.cancel()
         self.assertEqual(run.state, "cancelled")
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"), volumesBefore)

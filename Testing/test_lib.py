@@ -150,9 +150,24 @@ def test_dependencies_are_found_without_importing() -> None:
     assert dependencies.missing(["surely-not-installed-package>=1"]) == ["surely-not-installed-package>=1"]
     with pytest.raises(ValueError, match="comes with Slicer"):
         dependencies.missing(["numpy>=2"])
+    assert dependencies.torch_installed()  # the test environment has PyTorch (from its metadata, not an import)
     assert not dependencies.needs_gpu("cpu") and not dependencies.needs_gpu("auto")
+    assert dependencies.needs_gpu("auto", gpu_found=True)  # auto runs on the GPU PyTorch found
     assert dependencies.needs_gpu("cuda:0") and dependencies.needs_gpu("mps")
     assert "torch" not in " ".join(dependencies.CPU_REQUIREMENTS)
+
+
+def test_another_onnxruntime_build_counts_as_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.metadata
+
+    def version(name: str) -> str:
+        if name == "onnxruntime-gpu":
+            return "1.20.0"
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    assert dependencies.missing(["onnxruntime>=1.17"]) == []  # installing onnxruntime beside it would conflict
+    assert not dependencies.torch_installed()
 
 
 def test_devices_are_listed_by_the_engine_in_a_child() -> None:
@@ -161,17 +176,21 @@ def test_devices_are_listed_by_the_engine_in_a_child() -> None:
     assert report.torch_version  # the test environment has PyTorch (CPU build)
     broken = devices.describe([sys.executable, "-c", "raise SystemExit('no engine here')"], {})
     assert [c.id for c in broken.choices] == ["auto", "cpu"] and "no engine here" in broken.notes[0]
+    assert devices.parse_report(0, "not json", "").notes[0].startswith("could not list devices")
 
 
-def test_a_gpu_that_pytorch_cannot_use_is_explained() -> None:
-    report = devices.report_from(
+def test_a_gpu_the_machine_has_can_be_chosen_and_explained() -> None:
+    no_torch = devices.report_from(
         {
             "devices": [{"id": "cpu", "name": "x86_64"}],
-            "torch": "2.13.0+cpu",
-            "notes": ["an NVIDIA driver is present but PyTorch 2.13.0+cpu has no CUDA support: ..."],
+            "torch": None,
+            "notes": ["an NVIDIA driver is present but PyTorch is not installed: ..."],
+            "nvidia_driver": True,
+            "apple_gpu": False,
         }
     )
-    assert report.choices[0].label == "auto (CPU)" and "NVIDIA driver" in report.notes[0]
+    assert [c.id for c in no_torch.choices] == ["auto", "cpu", "cuda"] and no_torch.choices[2].installs_torch
+    assert not no_torch.gpu_found and "NVIDIA driver" in no_torch.notes[0]
     gpu = devices.report_from(
         {
             "devices": [{"id": "cpu", "name": "x86_64"}, {"id": "cuda:0", "name": "NVIDIA H200", "memory_gb": 139.8}],
@@ -179,3 +198,6 @@ def test_a_gpu_that_pytorch_cannot_use_is_explained() -> None:
         }
     )
     assert gpu.choices[0].label == "auto (cuda:0)" and gpu.choices[2].label == "cuda:0: NVIDIA H200, 139.8 GB"
+    assert gpu.gpu_found
+    mac = devices.report_from({"devices": [{"id": "cpu"}], "torch": None, "apple_gpu": True})
+    assert mac.choices[-1].id == "mps" and mac.choices[-1].installs_torch

@@ -122,3 +122,13 @@ def test_a_crashing_process_fails_with_its_last_words(tmp_path: Path) -> None:
 def test_a_missing_python_is_an_error_at_start(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         EngineProcess([str(tmp_path / "no-python"), "-c", "pass"], {}, popen_launcher)
+
+
+def test_a_cancel_before_the_engine_reported_still_kills_it(tmp_path: Path) -> None:
+    """Behind a launcher the engine's PID comes with its first line: cancel waits for it rather than orphan it."""
+    source, _ = _nrrd(PADDED, tmp_path)
+    process = _start(source, tmp_path, LAUNCHER)
+    process.cancel()  # at once: nothing has been read yet
+    assert process.state == "cancelled" and process._engine_pid is not None
+    time.sleep(0.2)
+    assert not _alive(process._engine_pid) and not _alive(process._process.pid)

@@ -28,6 +28,7 @@ from ctdenoise.checkpoints import ModelCheckpoint, load_checkpoint, load_torch_s
 from ctdenoise.data import load_cache, paired_validation_slices
 from ctdenoise.errors import CTDenoiseError
 from ctdenoise.inference import denoise_array
+from ctdenoise.options import DenoiseOptions
 
 SPIKE_HU = 300.0
 MAX_SPIKES_PER_MILLION = 1.0
@@ -43,7 +44,7 @@ def window_rmse(image: np.ndarray, full: np.ndarray) -> float:
 
 def score(model: ModelCheckpoint, full: np.ndarray, low: np.ndarray) -> tuple[int, float]:
     """(spike count, soft-tissue-window RMSE in HU) of a model on aligned training slices."""
-    denoised = denoise_array(low, model, device="cpu", batch_size=4)
+    denoised = denoise_array(low, model, DenoiseOptions(device="cpu", runtime="torch", batch_size=4))
     return int((np.abs(denoised - low) > SPIKE_HU).sum()), window_rmse(denoised, full)
 
 

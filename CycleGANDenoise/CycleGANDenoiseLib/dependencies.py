@@ -1,8 +1,9 @@
 """What a run needs installed in Slicer's Python: a small runtime on the CPU, PyTorch only for a GPU.
 
 Slicer bundles numpy, SimpleITK and pydicom; the module never replaces them. A CPU run needs only
-ONNX Runtime. A GPU run needs PyTorch (installed through the PyTorch extension's PyTorchUtils),
-plus safetensors (to read weights) and MONAI (tiles when a slice does not fit a small GPU).
+ONNX Runtime (any of its builds). A GPU run needs PyTorch, installed through the PyTorch
+extension's PyTorchUtils, and MONAI (tiles when a slice does not fit a small GPU). Nothing here
+imports the packages it checks: an installed PyTorch is found from its metadata.
 """
 
 from __future__ import annotations
@@ -11,14 +12,16 @@ import importlib.metadata
 from typing import Iterable
 
 CPU_REQUIREMENTS = ("onnxruntime>=1.17",)
-GPU_REQUIREMENTS = ("safetensors>=0.4", "monai>=1.3")
+GPU_REQUIREMENTS = ("monai>=1.3",)
 TORCH_REQUIREMENT = ">=2.1"
 """PyTorch version for GPU runs (PyTorchUtils' ``torchVersionRequirement`` takes the operator and version)."""
 NEVER_INSTALL = ("numpy", "simpleitk", "pydicom")
+ALTERNATIVES = {"onnxruntime": ("onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino")}
+"""Other builds of a package that satisfy it (installing the plain one beside them would conflict)."""
 
 
 def _split(requirement: str) -> tuple[str, str]:
-    for operator in (">=", "==", "<=", "~=", ">", "<"):
+    for operator in (">=", "=="):
         if operator in requirement:
             name, version = requirement.split(operator, 1)
             return name.strip(), operator + version.strip()
@@ -31,12 +34,18 @@ def _satisfied(installed: str, specifier: str) -> bool:
         return True
     from packaging.version import Version  # bundled with Slicer and with pip
 
-    operator, wanted = specifier[:2], specifier[2:]
-    if operator == ">=":
-        return Version(installed) >= Version(wanted)
-    if operator == "==":
-        return Version(installed) == Version(wanted)
-    return True
+    wanted = Version(specifier[2:])
+    return Version(installed) >= wanted if specifier.startswith(">=") else Version(installed) == wanted
+
+
+def installed_version(name: str) -> str | None:
+    """The installed version of ``name`` or of one of its alternative builds, or None."""
+    for candidate in (name, *ALTERNATIVES.get(name.lower(), ())):
+        try:
+            return importlib.metadata.version(candidate)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
 
 
 def missing(requirements: Iterable[str]) -> list[str]:
@@ -46,16 +55,19 @@ def missing(requirements: Iterable[str]) -> list[str]:
         name, specifier = _split(requirement)
         if name.lower() in NEVER_INSTALL:
             raise ValueError(f"{name} comes with Slicer and is never installed by this module")
-        try:
-            version = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            found.append(requirement)
-            continue
-        if not _satisfied(version, specifier):
+        version = installed_version(name)
+        if version is None or not _satisfied(version, specifier):
             found.append(requirement)
     return found
 
 
-def needs_gpu(device: str) -> bool:
-    """Whether a run on ``device`` uses PyTorch (any GPU device; ``auto`` only where the engine finds one)."""
-    return device not in ("cpu", "auto")
+def torch_installed() -> bool:
+    """Whether PyTorch is installed (from its metadata: importing it would lock its files on Windows)."""
+    return installed_version("torch") is not None
+
+
+def needs_gpu(device: str, gpu_found: bool = False) -> bool:
+    """Whether a run on ``device`` uses PyTorch: a GPU device, or ``auto`` where PyTorch found a GPU."""
+    if device == "auto":
+        return gpu_found
+    return device != "cpu"

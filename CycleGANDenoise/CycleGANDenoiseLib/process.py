@@ -78,6 +78,8 @@ class EngineProcess:
         self.warnings: list[str] = []
         self.started_at = time.monotonic()
         self._pids: set[int] = set()
+        self._engine_pid: Optional[int] = None
+        self._ended = False
         self._lines: "queue.Queue[Optional[str]]" = queue.Queue()
         self._tail: deque[str] = deque(maxlen=TAIL_LINES)
         self._process = launcher(command, environment)
@@ -114,7 +116,7 @@ class EngineProcess:
             except queue.Empty:
                 break
             if line is None:
-                ended = True
+                ended = self._ended = True
                 break
             events.append(self._handle(parse_line(line)))
         if ended and self.state == "running":
@@ -123,7 +125,8 @@ class EngineProcess:
 
     def _handle(self, event: Event) -> Event:
         if event.kind == "started" and isinstance(event.data.get("pid"), int):
-            self._pids.add(int(event.data["pid"]))
+            self._engine_pid = int(event.data["pid"])
+            self._pids.add(self._engine_pid)
         elif event.kind == "warning":
             self.warnings.append(event.text)
         elif event.kind == "done":
@@ -164,11 +167,26 @@ class EngineProcess:
                 time.sleep(interval)
         return self.state
 
-    def cancel(self) -> None:
-        """Kill the child and everything it started, at once; the run ends as ``cancelled``."""
+    def cancel(self, grace_s: float = 10.0) -> None:
+        """Kill the child and everything it started, at once; the run ends as ``cancelled``.
+
+        Behind a launcher the engine's PID arrives with its first line: a cancel that comes before
+        it waits (at most ``grace_s``) for that line or the end of the output, so the engine is
+        never left running after the launcher is gone.
+        """
         if not self.running:
             return
         self.state = "cancelled"
+        deadline = time.monotonic() + grace_s
+        while self._engine_pid is None and not self._ended and time.monotonic() < deadline:
+            try:
+                line = self._lines.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if line is None:
+                self._ended = True
+            else:
+                self._handle(parse_line(line))
         for pid in sorted(self._tree(), reverse=True):
             _kill(pid)
         try:

@@ -174,8 +174,6 @@ def load_checkpoint(path: PathLike, direction: str = "G_Q2F") -> ModelCheckpoint
         >>> load_checkpoint(bundled_model_path()).preset
         'fast'
     """
-    from safetensors import safe_open
-
     path = Path(path)
     if direction not in GENERATOR_NAMES:
         raise CTDenoiseError(f"direction must be one of {GENERATOR_NAMES}, got {direction!r}")
@@ -187,8 +185,7 @@ def load_checkpoint(path: PathLike, direction: str = "G_Q2F") -> ModelCheckpoint
         if not header:
             raise CTDenoiseError(f"{path} holds no {direction} weights: {REEXPORT}")
         check_shapes(model, {k: v.shape for k, v in header.items()}, direction)
-        with safe_open(str(path), framework="pt") as handle:
-            state = {key: handle.get_tensor(f"{direction}.{key}") for key in header}
+        state = {key: file_tensor(model, f"{direction}.{key}") for key in header}
         description = ModelDescription(path=path, metadata=model.metadata)
     else:
         metadata, states = _metadata_and_states_from_torch(load_torch_safely(path), path)
@@ -198,6 +195,20 @@ def load_checkpoint(path: PathLike, direction: str = "G_Q2F") -> ModelCheckpoint
         state = _tensor_state(states[direction], path)
         check_shapes(description, {k: tuple(v.shape) for k, v in state.items()}, direction)
     return ModelCheckpoint(path=path, metadata=description.metadata, generator=_instantiate(description, state))
+
+
+TORCH_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+
+
+def file_tensor(model: ModelFile, name: str) -> torch.Tensor:
+    """One floating-point tensor of a validated model file, read by its header offsets (no safetensors package)."""
+    info = model.tensors[name]
+    if info.dtype not in TORCH_DTYPES:
+        raise CTDenoiseError(f"{model.path}: weight {name} is stored as {info.dtype}, not floating point: {REEXPORT}")
+    data = bytearray(model.tensor_bytes(name))
+    return (
+        torch.frombuffer(data, dtype=TORCH_DTYPES[info.dtype]).reshape(info.shape) if data else torch.zeros(info.shape)
+    )
 
 
 def as_checkpoint(model: "ModelFile | ModelCheckpoint | PathLike") -> ModelCheckpoint:

@@ -112,11 +112,11 @@ def _mps_available() -> bool:
 
 
 def describe_devices() -> dict[str, Any]:
-    """What can run the network here: for GUIs and ``ctdenoise devices``.
+    """What can run the network here, for user interfaces.
 
-    Returns ``{"devices": [{"id", "name", "memory_gb"}...], "torch": version or None, "notes": [...]}``;
-    the CPU is always listed. A note says when an NVIDIA driver is present but PyTorch cannot use
-    it, and how to fix that.
+    Returns ``{"devices": [{"id", "name", "memory_gb"}...], "torch": version or None, "notes": [...],
+    "nvidia_driver": bool, "apple_gpu": bool}``; the CPU is always listed. A note says when an
+    NVIDIA driver is present but PyTorch cannot use it, and how to fix that.
 
     Examples:
         >>> describe_devices()["devices"][0]["id"]
@@ -144,4 +144,10 @@ def describe_devices() -> dict[str, Any]:
             notes.append(f"an NVIDIA driver is present but PyTorch {version} has no CUDA support: {CUDA_FIX}")
     elif nvidia_driver_present():
         notes.append(f"an NVIDIA driver is present but PyTorch is not installed: {CUDA_FIX}")
-    return {"devices": devices, "torch": version, "notes": notes}
+    return {
+        "devices": devices,
+        "torch": version,
+        "notes": notes,
+        "nvidia_driver": nvidia_driver_present(),
+        "apple_gpu": apple_gpu_likely(),
+    }

@@ -38,6 +38,7 @@ from ctdenoise.checkpoints import (
     _instantiate,
     check_shapes,
     export_model,
+    file_tensor,
     load_torch_safely,
 )
 from ctdenoise.errors import CTDenoiseError
@@ -362,19 +363,16 @@ def export_source(source: PathLike, out: PathLike, *, cache: Optional[PathLike] 
     Returns:
         The written path and the metadata written.
     """
-    from safetensors import safe_open
-
     source = Path(source)
     if source.is_dir():
         source = source / "last.pt"
     if source.suffix.lower() == ".safetensors":
         model = read_model(source)
-        with safe_open(str(source), framework="pt") as handle:
-            generators: dict[str, dict[str, torch.Tensor]] = {}
-            for name in model.tensors:
-                prefix, _, key = name.partition(".")
-                if prefix in ("G_Q2F", "G_F2Q"):
-                    generators.setdefault(prefix, {})[key] = handle.get_tensor(name)
+        generators: dict[str, dict[str, torch.Tensor]] = {}
+        for name in model.tensors:
+            prefix, _, key = name.partition(".")
+            if prefix in ("G_Q2F", "G_F2Q"):
+                generators.setdefault(prefix, {})[key] = file_tensor(model, name)
         metadata = dict(model.metadata)
         metadata.update(format_version=MODEL_FORMAT_VERSION)
         metadata.setdefault("orientation", DEFAULT_ORIENTATION)
