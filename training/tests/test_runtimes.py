@@ -201,8 +201,10 @@ def test_the_base_install_needs_no_pytorch() -> None:
         if "extra ==" not in r
     ]
     extra = [r.split(">")[0].strip().lower() for r in requires("ctdenoise") or [] if 'extra == "torch"' in r]
-    assert "onnxruntime" in base and not {"torch", "monai", "matplotlib", "tensorboard", "pyyaml"} & set(base)
-    assert {"torch", "monai", "onnx", "onnxscript"} <= set(extra)
+    assert "onnxruntime" in base and not {"torch", "monai", "matplotlib", "tensorboard", "pyyaml", "safetensors"} & set(
+        base
+    )
+    assert {"torch", "monai", "onnx", "onnxscript", "safetensors"} <= set(extra)
 
 
 def test_training_commands_on_a_base_install_say_what_to_install(tmp_path: Path) -> None:

@@ -320,3 +320,39 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     missing_cache.write_text(json.dumps({"data": {"cache": "does-not-exist"}}))
     assert main(["train", "--config", str(missing_cache), "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_distill_writes_a_smaller_student_that_follows_its_teacher(tmp_path: Path, cache_dir: Path) -> None:
+    """A tiny trained teacher distilled into a narrower student: a valid model with graphs, its teacher recorded."""
+    from ctdenoise import DenoiseOptions, Denoiser, read_model
+    from ctdenoise.distill import DistillSettings, distill
+
+    teacher = train(
+        load_config(_config(tmp_path, cache_dir, max_steps=6, val_every=0)), tmp_path / "teacher", progress=False
+    ).model_path
+    steps: list[int] = []
+    path, agreement = distill(
+        teacher,
+        cache_dir,
+        tmp_path / "student.safetensors",
+        DistillSettings({"ngf": 4}, steps=12, batch_size=2, lr=2e-3),
+        progress=lambda step, total, loss: steps.append(step),
+    )
+    assert steps == list(range(1, 13))
+    student = read_model(path)
+    assert student.generator_args["ngf"] == 4 and student.generator_args["n_res_blocks"] == 2
+    distilled = student.metadata["training"]["distilled_from"]
+    assert distilled["file"] == "model.safetensors" and distilled["generator_args"]["ngf"] == 8
+    assert distilled["agreement"] == agreement and agreement["slices"] == 4  # the validation patient's 4 slices
+    # the student (which starts as the identity) already follows the teacher more closely than the input does
+    assert agreement["mean_abs_diff_hu"] < agreement["teacher_mean_abs_change_hu"]
+    assert set(student.graphs) == {"fp32", "int8"}
+    assert student.change_limit_hu >= 100 and student.metadata["training"]["change_limit"]["slices"] > 0
+    from ctdenoise.data import load_cache
+
+    cache = load_cache(cache_dir)
+    low = np.asarray(cache.array(cache.volumes(dose="low")[0])[:1], dtype=np.float32)
+    out = Denoiser(path, DenoiseOptions(runtime="onnxruntime")).array(low)
+    assert out.shape == low.shape and np.abs(out - low).max() > 0
+    with pytest.raises(CTDenoiseError, match="steps must be a positive integer"):
+        DistillSettings({"ngf": 4}, steps=0)

@@ -464,7 +464,7 @@ def _refuse_same_path(source: str, target: str) -> None:
         raise CTDenoiseError(f"output {target} is the input: choose another output path (inputs are never overwritten)")
 
 
-TRAINING_EXTRAS = ("torch", "monai", "yaml", "matplotlib", "tensorboard", "onnx", "onnxscript")
+TRAINING_EXTRAS = ("torch", "monai", "yaml", "matplotlib", "tensorboard", "onnx", "onnxscript", "safetensors")
 """Packages of ``ctdenoise[torch]``: a command that needs one on a base install gets the install line."""
 
 

@@ -166,11 +166,13 @@ def _agreement(teacher: Any, student: torch.nn.Module, pairs: list[tuple[np.ndar
         return 10 * math.log10(400**2 / float(np.mean(np.concatenate([e.ravel() ** 2 for e in errors]))))
 
     difference = np.concatenate([np.abs(a - b).ravel() for a, b in zip(outputs["student"], outputs["teacher"])])
+    teacher_change = np.concatenate([np.abs(t - low).ravel() for t, (_, low) in zip(outputs["teacher"], pairs)])
     return {
         "slices": len(pairs),
         "psnr_teacher_db": round(psnr(outputs["teacher"]), 3),
         "psnr_student_db": round(psnr(outputs["student"]), 3),
         "mean_abs_diff_hu": round(float(difference.mean()), 3),
+        "teacher_mean_abs_change_hu": round(float(teacher_change.mean()), 3),
         "p99_9_abs_diff_hu": round(float(np.percentile(difference, 99.9)), 3),
         "window_hu": [-160.0, 240.0],
     }
