@@ -12,10 +12,10 @@ from ctdenoise.inference import bundled_model_path
 from ctdenoise.io import read_volume
 from ctdenoise.physics.lowdose import simulate_low_dose
 
-MAX_BYTES = 30 * 1024 * 1024  # weights of both generators 15.7 MB, fp32 graph 8 MB, int8 graph 2 MB
+MAX_BYTES = 6 * 1024 * 1024  # G_Q2F 2 MB, its fp32 graph 2.1 MB, int8 graph 0.6 MB
 
 
-def test_the_bundled_model_ships_with_its_card_and_is_under_30_mb() -> None:
+def test_the_bundled_model_ships_with_its_card_and_is_under_6_mb() -> None:
     path = bundled_model_path()
     assert path.stat().st_size < MAX_BYTES
     card = (path.parent / "MODEL_CARD.md").read_text(encoding="utf-8")
@@ -36,7 +36,15 @@ def test_the_bundled_model_describes_itself() -> None:
     assert metadata["metrics"]["step"] == metadata["training"]["steps"]
     assert metadata["format_version"] == 2 and metadata["orientation"] == "LPS"
     limit = metadata["training"]["change_limit"]  # measured on its training data at export
-    assert metadata["change_limit_hu"] == limit["change_limit_hu"] == 250.0 and limit["slices"] == 16
+    assert metadata["change_limit_hu"] == limit["change_limit_hu"] == 280.0 and limit["slices"] == 16
+    # distilled from ctdenoise_fast_v1 (ngf 32) into ngf 16: a quarter of the FLOPs, the teacher's quality
+    teacher = metadata["training"]["distilled_from"]
+    assert teacher["file"] == "ctdenoise_fast_v1.safetensors" and teacher["generator_args"]["ngf"] == 32
+    assert metadata["generator"]["args"]["ngf"] == 16 and teacher["steps"] == 1500
+    agreement = teacher["agreement"]
+    assert agreement["psnr_student_db"] >= agreement["psnr_teacher_db"] - 0.1 and agreement["mean_abs_diff_hu"] < 3
+    own = metadata["metrics"]["denoised"]  # its own validation figures, not the teacher's
+    assert abs(own["psnr"] - agreement["psnr_student_db"]) < 0.01
     assert limit["percentile_hu"] * 3 <= limit["change_limit_hu"] < limit["percentile_hu"] * 3 + 10
     spacing = metadata["training"]["data"]["spacing_mm"]
     assert spacing["min"][0] == 0.546875 and spacing["max"][0] == 0.9765625
@@ -49,10 +57,10 @@ def test_the_bundled_model_keeps_ct_numbers_on_the_bundled_abdomen(dicom_series_
     denoised = Denoiser(options=DenoiseOptions(device="cpu")).array(hu)
     assert denoised.shape == hu.shape and denoised.dtype == np.float32
     liver = (slice(None), slice(240, 270), slice(130, 170))
-    assert abs(float(denoised[liver].mean() - hu[liver].mean())) < 1.0  # measured 0.14 HU
+    assert abs(float(denoised[liver].mean() - hu[liver].mean())) < 1.0  # measured 0.22 HU
     air = hu < -1000
-    assert abs(float(denoised[air].mean() - hu[air].mean())) < 3.0  # measured 1.7 HU
-    assert float(np.abs(denoised - hu).max()) < 0.5 * read_model(bundled_model_path()).change_limit_hu  # measured 83 HU
+    assert abs(float(denoised[air].mean() - hu[air].mean())) < 3.0  # measured 1.9 HU
+    assert float(np.abs(denoised - hu).max()) < 0.5 * read_model(bundled_model_path()).change_limit_hu  # measured 82 HU
 
 
 def test_the_bundled_model_reduces_noise_on_simulated_quarter_dose(dicom_series_dir: Path) -> None:
@@ -66,8 +74,8 @@ def test_the_bundled_model_reduces_noise_on_simulated_quarter_dose(dicom_series_
     def noise(image: np.ndarray) -> float:
         return float(image[liver].std(axis=(1, 2)).mean())
 
-    assert noise(denoised) < 0.5 * noise(quarter)  # measured 10.0 against 22.9 HU
-    assert abs(float(denoised[liver].mean() - full[liver].mean())) < 1.0  # measured 0.03 HU
+    assert noise(denoised) < 0.5 * noise(quarter)  # measured 8.4 against 22.9 HU
+    assert abs(float(denoised[liver].mean() - full[liver].mean())) < 1.0  # measured 0.11 HU
     assert float(np.abs(denoised - quarter).max()) < 0.5 * read_model(bundled_model_path()).change_limit_hu
     body = full > -300
     window = (-160.0, 240.0)

@@ -162,12 +162,12 @@ def test_the_bundled_model_reads_without_torch() -> None:
         "print(m.preset, m.change_limit_hu, 'torch' in sys.modules)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.split() == ["fast", "250.0", "False"]
+    assert done.stdout.split() == ["fast", "280.0", "False"]
 
 
 def test_summary_describes_the_model_for_user_interfaces() -> None:
     summary = read_model(bundled_model_path()).summary()
-    assert summary["preset"] == "fast" and summary["orientation"] == "LPS" and summary["change_limit_hu"] == 250.0
+    assert summary["preset"] == "fast" and summary["orientation"] == "LPS" and summary["change_limit_hu"] == 280.0
     assert summary["normalization"]["scale"] == 1000.0 and summary["training_data"]["low_dose"] == "simulated"
     assert summary["metrics"]["denoised"]["psnr"] > summary["metrics"]["low_dose_input"]["psnr"]
     json.dumps(summary)

@@ -144,7 +144,14 @@ def distill(
         },
     }
     states = {"G_Q2F": student.state_dict()}
-    path = write_model(states, metadata, out, calibration=calibration_slices(cache), validation=validation_pairs(cache))
+    path = write_model(
+        states,
+        metadata,
+        out,
+        calibration=calibration_slices(cache),
+        validation=validation_pairs(cache),
+        measure_metrics=True,
+    )
     return path, agreement
 
 

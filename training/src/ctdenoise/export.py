@@ -82,6 +82,30 @@ def validation_pairs(cache_dir: PathLike, max_slices: int = VALIDATION_SLICES) -
     return paired_validation_slices(load_cache(cache_dir), split="val", max_slices=max_slices, seed=0)
 
 
+def validation_metrics(
+    checkpoint: ModelCheckpoint, pairs: Sequence[tuple[np.ndarray, np.ndarray]], step: Optional[int] = None
+) -> dict[str, Any]:
+    """PSNR/SSIM/RMSE of the model (as the engine runs it) and of the low-dose input on (full, low) pairs.
+
+    The same record the trainer's validation writes, so a re-exported or distilled model describes
+    its own weights.
+    """
+    from ctdenoise.inference import denoise_array
+    from ctdenoise.metrics import image_quality, metric_convention
+    from ctdenoise.options import DenoiseOptions
+
+    full = np.stack([f for f, _ in pairs])
+    low = np.stack([q for _, q in pairs])
+    denoised = denoise_array(low, checkpoint, DenoiseOptions(device="cpu", runtime="torch", force=True))
+    return {
+        "step": step,
+        "denoised": image_quality(denoised, full),
+        "low_dose_input": image_quality(low, full),
+        "convention": metric_convention(),
+        "slices": len(pairs),
+    }
+
+
 def measure_change_limit(checkpoint: ModelCheckpoint, slices: Sequence[np.ndarray]) -> dict[str, Any]:
     """The change limit of ``checkpoint`` from its changes on ``slices`` (HU), with the figures behind it."""
     normalization, generator = checkpoint.normalization, checkpoint.generator.eval()
@@ -285,6 +309,7 @@ def write_model(
     calibration: Optional[Sequence[np.ndarray]] = None,
     validation: Optional[Sequence[tuple[np.ndarray, np.ndarray]]] = None,
     graphs: bool = True,
+    measure_metrics: bool = False,
 ) -> Path:
     """Write an inference model with its derived facts (see the module docstring).
 
@@ -296,6 +321,8 @@ def write_model(
             the int8 graph calibrated on them.
         validation: (full, low) HU slice pairs held out from training: the int8 accuracy gate.
         graphs: store the ONNX graphs (fp32 always; int8 with calibration and validation).
+        measure_metrics: replace the metadata's validation metrics with the model's own on ``validation``
+            (for re-exported and distilled models; the trainer records its own).
     """
     meta = dict(metadata)
     meta["training"] = dict(meta.get("training") or {})
@@ -304,6 +331,8 @@ def write_model(
     state = generators["G_Q2F"]
     check_shapes(description, {k: tuple(v.shape) for k, v in state.items()}, "G_Q2F")
     checkpoint = ModelCheckpoint(path=Path(path), metadata=meta, generator=_instantiate(description, state))
+    if measure_metrics and validation:
+        meta["metrics"] = validation_metrics(checkpoint, validation, (meta.get("metrics") or {}).get("step"))
     if calibration is not None:
         figures = measure_change_limit(checkpoint, calibration)
         meta["change_limit_hu"] = figures["change_limit_hu"]
@@ -392,5 +421,12 @@ def export_source(source: PathLike, out: PathLike, *, cache: Optional[PathLike] 
                 )
     calibration = calibration_slices(cache) if cache is not None else None
     validation = validation_pairs(cache) if cache is not None else None
-    path = write_model(generators, metadata, out, calibration=calibration, validation=validation)
+    path = write_model(
+        generators,
+        metadata,
+        out,
+        calibration=calibration,
+        validation=validation,
+        measure_metrics=source.suffix.lower() == ".safetensors",
+    )
     return path, read_model(path).metadata

@@ -36,7 +36,7 @@ from ctdenoise.types import CancelCallback, PathLike, ProgressCallback
 
 logger = logging.getLogger(__name__)
 
-BUNDLED_MODEL_NAME = "ctdenoise_fast_v1.safetensors"
+BUNDLED_MODEL_NAME = "ctdenoise_fast_v2.safetensors"
 DICOM_LO_LENGTH = 64
 """Longest SeriesDescription DICOM allows."""
 
@@ -50,7 +50,7 @@ def bundled_model_path() -> Path:
 
     Examples:
         >>> bundled_model_path().name
-        'ctdenoise_fast_v1.safetensors'
+        'ctdenoise_fast_v2.safetensors'
     """
     path = Path(__file__).resolve().parent / "models" / BUNDLED_MODEL_NAME
     if not path.is_file():

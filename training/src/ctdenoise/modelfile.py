@@ -253,7 +253,7 @@ def read_model(path: PathLike) -> ModelFile:
         >>> from ctdenoise import bundled_model_path
         >>> model = read_model(bundled_model_path())
         >>> model.change_limit_hu, model.normalization.scale
-        (250.0, 1000.0)
+        (280.0, 1000.0)
     """
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
