@@ -140,9 +140,8 @@ def write_volume(
 
 def storage_array(hu: np.ndarray) -> np.ndarray:
     """Rounded int16 HU when every value fits, else float32 (see the module docstring)."""
-    rounded = np.rint(hu)
-    if rounded.min() >= _INT16.min and rounded.max() <= _INT16.max:
-        return rounded.astype(np.int16)
+    if np.rint(hu.min()) >= _INT16.min and np.rint(hu.max()) <= _INT16.max:
+        return np.rint(hu).astype(np.int16)
     return hu.astype(np.float32)
 
 
