@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+API = Path(__file__).resolve().parent / "slicer_api"
+"""The Slicer API index and checker, copied from the shared folder (see its README)."""
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "slicer-api"
 MODULE = "CycleGANDenoise"
 QT_WIDGETS = {"QWidget", "QLabel", "QPushButton", "QComboBox", "QProgressBar", "QPlainTextEdit", "QCheckBox"}
@@ -51,10 +53,7 @@ HEAVY = {"torch", "onnxruntime", "monai", "numpy", "SimpleITK", "ctdenoise", "sa
 
 @pytest.fixture(scope="module")
 def index() -> dict:
-    path = SHARED / "slicer_api_index.json"
-    if not path.is_file():
-        pytest.skip(f"the Slicer API index {path} is not beside the checkout")
-    return json.loads(path.read_text())
+    return json.loads((API / "slicer_api_index.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +66,15 @@ def ui(module_dir: Path) -> ElementTree.Element:
     return ElementTree.parse(module_dir / "Resources" / "UI" / f"{MODULE}.ui").getroot()
 
 
+def test_the_copied_checker_is_the_shared_one() -> None:
+    """Where the shared folder sits beside the checkout, the copy here must not have drifted from it."""
+    for name in ("check_slicer_api.py", "slicer_api_index.json"):
+        shared = SHARED / name
+        assert not shared.is_file() or shared.read_bytes() == (API / name).read_bytes(), name
+
+
 def test_the_api_checker_passes_for_slicer_5_10(module_dir: Path) -> None:
-    checker = SHARED / "check_slicer_api.py"
-    if not checker.is_file():
-        pytest.skip(f"{checker} is not beside the checkout")
+    checker = API / "check_slicer_api.py"
     done = subprocess.run(
         [sys.executable, str(checker), str(module_dir / f"{MODULE}.py"), "--min-slicer", "5.10", "--json"],
         capture_output=True,
