@@ -455,6 +455,18 @@ class DenoiseRun:
         return self.process.error
 
 
+class RunSettings:
+    """How a run goes: the model, strength and device, whether to wait, and whom to tell."""
+
+    def __init__(self, checkpoint, strength, device, waitForCompletion, progressCallback, completedCallback):
+        self.checkpoint = checkpoint
+        self.strength = strength
+        self.device = device
+        self.waitForCompletion = waitForCompletion
+        self.progressCallback = progressCallback
+        self.completedCallback = completedCallback
+
+
 class KeptResult:
     """A full-strength result kept for live blending: the nodes it belongs to and both arrays."""
 
@@ -704,21 +716,9 @@ class CycleGANDenoiseLogic(ScriptedLoadableModuleLogic):
             raise ValueError(
                 _("The output and the removed-noise volumes must differ from each other and from the input.")
             )
+        settings = RunSettings(checkpoint, strength, device, waitForCompletion, progressCallback, completedCallback)
         array = slicer.util.arrayFromVolume(inputNode)
-        return self._run(
-            inputNode,
-            array,
-            self._ijkToRAS(inputNode),
-            outputNode,
-            noiseNode,
-            None,
-            checkpoint,
-            strength,
-            device,
-            waitForCompletion,
-            progressCallback,
-            completedCallback,
-        )
+        return self._run(inputNode, array, self._ijkToRAS(inputNode), outputNode, noiseNode, None, settings)
 
     def preview(
         self,
@@ -749,20 +749,8 @@ class CycleGANDenoiseLogic(ScriptedLoadableModuleLogic):
         ijk = rasToIJK.MultiplyPoint([*worldToLocal.TransformPoint(list(rasPosition)), 1.0])
         index = int(round(ijk[2 - axis]))
         voxels, slabToRAS, where = slab(array, ijkToRAS, axis, index, PREVIEW_SLICES)
-        return self._run(
-            inputNode,
-            voxels,
-            slabToRAS,
-            self._previewNode(inputNode),
-            None,
-            (axis, where),
-            checkpoint,
-            strength,
-            device,
-            waitForCompletion,
-            progressCallback,
-            completedCallback,
-        )
+        settings = RunSettings(checkpoint, strength, device, waitForCompletion, progressCallback, completedCallback)
+        return self._run(inputNode, voxels, slabToRAS, self._previewNode(inputNode), None, (axis, where), settings)
 
     def _previewNode(self, inputNode):
         """The existing preview volume of ``inputNode``, or None (one is created on success)."""
@@ -771,21 +759,8 @@ class CycleGANDenoiseLogic(ScriptedLoadableModuleLogic):
                 return node
         return None
 
-    def _run(
-        self,
-        inputNode,
-        voxels,
-        ijkToRAS,
-        outputNode,
-        noiseNode,
-        slabInfo,
-        checkpoint,
-        strength,
-        device,
-        waitForCompletion,
-        progressCallback,
-        completedCallback,
-    ):
+    def _run(self, inputNode, voxels, ijkToRAS, outputNode, noiseNode, slabInfo, settings):
+        """Write ``voxels`` (the whole input, or a Preview slab) and start the engine on them."""
         if self.running():
             raise RuntimeError(_("A denoising run is already in progress: wait for it or cancel it."))
         self._importEngine()
@@ -795,30 +770,25 @@ class CycleGANDenoiseLogic(ScriptedLoadableModuleLogic):
 
         from ctdenoise.options import DenoiseOptions
 
-        options = DenoiseOptions(strength=float(strength), device=device)
+        options = DenoiseOptions(strength=float(settings.strength), device=settings.device)
         folder = Path(slicer.util.tempDirectory("CycleGANDenoise"))
         try:
             source = write_volume_file(voxels, ijkToRAS, folder / "input.nrrd")
-            command = denoise_command(
-                self.pythonExecutable(),
-                source,
-                folder / "output.nrrd",
-                options,
-                Path(checkpoint) if checkpoint else None,
-            )
+            checkpoint = Path(settings.checkpoint) if settings.checkpoint else None
+            command = denoise_command(self.pythonExecutable(), source, folder / "output.nrrd", options, checkpoint)
 
             def launcher(arguments, environment):  # in the run's folder: nothing there can shadow the engine
                 return slicer.util.launchConsoleProcess(arguments, updateEnvironment=environment, cwd=str(folder))
 
-            process = EngineProcess(command, self.engineEnvironment(device), launcher)
+            process = EngineProcess(command, self.engineEnvironment(settings.device), launcher)
         except Exception:
             shutil.rmtree(folder, ignore_errors=True)
             raise
         name = f"{inputNode.GetName()} " + (_("preview") if slabInfo else _("denoised"))
         run = DenoiseRun(inputNode, outputNode, noiseNode, options.strength, folder, process, slabInfo, name)
-        run.progressCallback, run.completedCallback = progressCallback, completedCallback
+        run.progressCallback, run.completedCallback = settings.progressCallback, settings.completedCallback
         self.activeRun = run
-        if waitForCompletion:
+        if settings.waitForCompletion:
             while process.running:
                 self._pump(run)
                 slicer.app.processEvents()
