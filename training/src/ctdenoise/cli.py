@@ -102,7 +102,16 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if args.progress == "json":
         print(event_json("done", output=str(path), dose=args.dose, slices=volume.shape[0]), flush=True)
     else:
-        print(f"wrote {path} (simulated dose fraction {args.dose:g}, {volume.shape[0]} slices)")
+        facts = low.metadata.get("simulation", {})
+        noise = ""
+        if facts.get("full_dose_noise_hu") and facts.get("added_noise_hu"):
+            kernel = facts.get("kernel")
+            kernel = f"Gaussian window {kernel:.3f} cycles/px" if isinstance(kernel, float) else kernel
+            noise = (
+                f"; own noise {facts['full_dose_noise_hu']:.1f} HU, added {facts['added_noise_hu']:.1f} HU, "
+                f"noise texture: {kernel}"
+            )
+        print(f"wrote {path} (simulated dose fraction {args.dose:g}, {volume.shape[0]} slices{noise})")
     return 0
 
 
@@ -254,9 +263,19 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     _refuse_same_path(args.teacher, args.out)
     _check_model_output(args.out)
     student = {
-        key: getattr(args, key) for key in ("ngf", "n_res_blocks", "n_downsampling") if getattr(args, key) is not None
+        key: getattr(args, key)
+        for key in ("ngf", "n_res_blocks", "n_downsampling", "residual_highpass_sigma")
+        if getattr(args, key) is not None
     }
-    settings = DistillSettings(student, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    settings = DistillSettings(
+        student,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        target=args.target,
+        crop=args.crop,
+    )
     stop = _StopFlag()
     with stop, tqdm(total=settings.steps, unit="step", disable=args.quiet, dynamic_ncols=True) as bar:
 
@@ -266,6 +285,37 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 
         path, agreement = distill(args.teacher, args.cache, args.out, settings, progress=progress, cancel=stop)
     print(f"wrote {path}; on the validation pairs: {json.dumps(agreement)}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ctdenoise.evaluate import evaluate, load_cases, markdown, write_report
+
+    if not args.full and not args.low:
+        raise CTDenoiseError("nothing to evaluate: give --full (and --low for real pairs) or --low alone")
+    for source in (*args.full, *args.low, *(m for m in args.model if m != "bundled")):
+        _require_input(source)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CTDenoiseError(f"--out {out} is a file: give a folder for the report and figures")
+    names = args.names or [Path(m).name.split(".")[0] if m != "bundled" else "bundled model" for m in args.model]
+    if len(names) != len(args.model):
+        raise CTDenoiseError(f"{len(names)} --names for {len(args.model)} --model: give one name per model")
+    cases = load_cases(args.full, args.low, dose=args.dose, seed=args.seed, max_slices=args.max_slices)
+    models = [(name, None if m == "bundled" else m) for name, m in zip(names, args.model)]
+    steps = len(cases) * (len(models) + len(args.baselines))
+    with tqdm(total=steps, unit="run", disable=args.quiet) as bar:
+
+        def progress(what: str) -> None:
+            bar.set_postfix_str(what)
+            bar.update(1)
+
+        report = evaluate(cases, models, args.baselines, device=args.device, progress=progress)
+    files = write_report(report, out)
+    print(markdown(report), end="")
+    print(f"wrote {', '.join(str(f) for f in files)}")
     return 0
 
 
@@ -505,7 +555,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--electronic-noise", dest="electronic_noise", type=float, default=None, help="electronic noise std in counts"
     )
     p.add_argument("--views", type=int, default=None, help="projection views over 180 degrees")
-    p.add_argument("--kernel", default=None, help="reconstruction filter: ramp, shepp-logan, cosine, hamming or hann")
+    p.add_argument(
+        "--kernel",
+        default=None,
+        help="noise reconstruction window: matched (default: fitted to the image's own noise texture), ramp, shepp-logan, cosine, hamming or hann",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--progress", default="none", choices=["json", "none"], help="json: one object per line on stdout")
     p.add_argument(
@@ -593,7 +647,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ngf", type=int, default=None, help="student width (the teacher's: 32 for the bundled model)")
     p.add_argument("--n-res-blocks", dest="n_res_blocks", type=int, default=None, help="student residual blocks")
     p.add_argument("--n-downsampling", dest="n_downsampling", type=int, default=None, help="student downsampling steps")
+    p.add_argument(
+        "--residual-highpass-sigma",
+        dest="residual_highpass_sigma",
+        type=float,
+        default=None,
+        help="student residual high-pass width in pixels (fast preset; 0: off, so low-frequency noise can go too)",
+    )
     p.add_argument("--steps", type=int, default=1500, help="optimiser steps (default 1500)")
+    p.add_argument(
+        "--target",
+        choices=["teacher", "full"],
+        default="teacher",
+        help="teacher: follow the teacher's outputs; full: supervised, paired L1 to the cache's full-dose slices",
+    )
+    p.add_argument(
+        "--crop", type=int, default=0, help="with --target full: random square crops of this size (multiple of 16)"
+    )
     p.add_argument("--batch-size", type=int, default=2, help="whole slices per step (default 2)")
     p.add_argument(
         "--lr", type=float, default=1e-3, help="Adam learning rate at the start (default 1e-3, cosine decay)"
@@ -622,6 +692,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="progress display; json: one object per line on stdout (progress, warning, done)",
     )
     p.set_defaults(func=_cmd_denoise)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="models against BM3D, non-local means and Gaussian smoothing: paired (real or simulated) or no-reference",
+    )
+    p.add_argument("--full", nargs="+", default=[], help="full-dose volumes (references)")
+    p.add_argument(
+        "--low", nargs="+", default=[], help="low-dose volumes: paired with --full in order, or alone (no reference)"
+    )
+    p.add_argument("--model", nargs="+", default=["bundled"], help="models to evaluate (default: bundled)")
+    p.add_argument("--names", nargs="+", default=None, help="a display name per model")
+    p.add_argument(
+        "--baselines", nargs="*", default=["bm3d", "nlm", "gaussian"], help="bm3d, nlm, gaussian (default: all)"
+    )
+    p.add_argument("--dose", type=float, default=0.25, help="simulated dose when only --full is given (default 0.25)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the simulation (default 0)")
+    p.add_argument("--max-slices", type=int, default=8, help="evenly spread slices per volume (default 8; 0: all)")
+    p.add_argument("--device", default="cpu", help="device for the models (default cpu)")
+    p.add_argument("--out", required=True, help="folder for report.json, report.md and the figures")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser(
         "compare", help="metrics (PSNR/SSIM/RMSE, ROI noise) and a side-by-side PNG against a full-dose reference"

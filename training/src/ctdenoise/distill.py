@@ -38,6 +38,11 @@ class DistillSettings:
         lr: Adam learning rate at the start; it decays to 1% along a cosine.
         seed: seed for the student's weights and the order of slices.
         max_slices: training slices per dose taken from the cache (evenly spread).
+        target: "teacher" (the teacher's outputs) or "full" (supervised: the full-dose slice paired
+            with each simulated low-dose slice, and full dose itself for full-dose inputs; the
+            teacher then only lends its architecture, normalisation and metadata).
+        crop: with ``target="full"``, square crops of this many pixels (a multiple of 16), drawn
+            anew each step, so the instance norms meet many fields of view; 0: whole slices.
     """
 
     student_args: dict[str, Any]
@@ -46,6 +51,8 @@ class DistillSettings:
     lr: float = 1e-3
     seed: int = 0
     max_slices: int = 64
+    target: str = "teacher"
+    crop: int = 0
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "max_slices"):
@@ -54,6 +61,12 @@ class DistillSettings:
                 raise CTDenoiseError(f"distillation {name} must be a positive integer, got {value!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise CTDenoiseError(f"distillation learning rate must be a positive number, got {self.lr!r}")
+        if self.target not in ("teacher", "full"):
+            raise CTDenoiseError(f"distillation target {self.target!r} is unknown: use teacher or full")
+        if self.crop < 0 or self.crop % 16 or (self.crop and self.target != "full"):
+            raise CTDenoiseError(
+                f"crop {self.crop!r} must be 0 or a multiple of 16, and needs target full: e.g. --crop 256"
+            )
 
 
 def _training_slices(cache_dir: PathLike, max_slices: int) -> list[np.ndarray]:
@@ -70,6 +83,27 @@ def _training_slices(cache_dir: PathLike, max_slices: int) -> list[np.ndarray]:
     if not slices:
         raise CTDenoiseError(f"cache {cache_dir} has no training slices to distil on: prepare it with a train split")
     return slices
+
+
+def _supervised_pairs(cache_dir: PathLike, max_slices: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(input, target) HU slices: simulated low dose -> its full dose, and full dose -> itself."""
+    from ctdenoise.data import load_cache, paired_validation_slices
+
+    pairs = paired_validation_slices(load_cache(cache_dir), split="train", max_slices=max_slices, seed=0)
+    if not pairs:
+        raise CTDenoiseError(
+            f"cache {cache_dir} has no paired training slices: prepare it with --simulate-dose for supervised training"
+        )
+    return [(low, full) for full, low in pairs] + [(full, full) for full, _ in pairs]
+
+
+def _random_crop(x: np.ndarray, y: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The same random ``size`` x ``size`` window of ``[1, 1, H, W]`` arrays (whole when smaller)."""
+    height, width = x.shape[-2:]
+    top = int(rng.integers(0, max(1, height - size + 1)))
+    left = int(rng.integers(0, max(1, width - size + 1)))
+    window = (..., slice(top, top + size), slice(left, left + size))
+    return x[window], y[window]
 
 
 def distill(
@@ -91,10 +125,19 @@ def distill(
 
     teacher_model = load_checkpoint(teacher)
     normalization, multiple = teacher_model.normalization, teacher_model.size_multiple
-    slices = _training_slices(cache, settings.max_slices)
-    inputs = [pad_to_multiple(normalization.normalize(s)[None, None].astype(np.float32), multiple) for s in slices]
-    with torch.inference_mode():
-        targets = [teacher_model.generator(torch.from_numpy(x)).numpy() for x in inputs]
+
+    def prepared(hu: np.ndarray) -> np.ndarray:
+        return pad_to_multiple(normalization.normalize(hu)[None, None].astype(np.float32), multiple)
+
+    if settings.target == "full":
+        pairs = _supervised_pairs(cache, settings.max_slices)
+        inputs = [prepared(x) for x, _ in pairs]
+        targets = [prepared(y) for _, y in pairs]
+    else:
+        slices = _training_slices(cache, settings.max_slices)
+        inputs = [prepared(s) for s in slices]
+        with torch.inference_mode():
+            targets = [teacher_model.generator(torch.from_numpy(x)).numpy() for x in inputs]
     args = {**teacher_model.generator_args, **settings.student_args}
     torch.manual_seed(settings.seed)
     student = zero_residual(build_generator(teacher_model.preset, **args))
@@ -115,8 +158,11 @@ def distill(
             raise CTDenoiseError("distillation cancelled: nothing was written")
         group = sizes[order.choice(len(sizes), p=weights)]
         picks = order.choice(group, size=min(settings.batch_size, len(group)), replace=False)
-        x = torch.from_numpy(np.concatenate([inputs[i] for i in picks]))
-        y = torch.from_numpy(np.concatenate([targets[i] for i in picks]))
+        chosen = [(inputs[i], targets[i]) for i in picks]
+        if settings.crop:
+            chosen = [_random_crop(a, b, settings.crop, order) for a, b in chosen]
+        x = torch.from_numpy(np.ascontiguousarray(np.concatenate([a for a, _ in chosen])))
+        y = torch.from_numpy(np.ascontiguousarray(np.concatenate([b for _, b in chosen])))
         loss = torch.nn.functional.l1_loss(student(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -131,13 +177,17 @@ def distill(
     metadata["generator"] = {"preset": teacher_model.preset, "args": args}
     metadata["training"] = {
         **(metadata.get("training") or {}),
-        "distilled_from": {
+        ("supervised" if settings.target == "full" else "distilled_from"): {
+            "method": "paired L1 to the full-dose slices (simulated low dose)"
+            if settings.target == "full"
+            else "L1 to the teacher's outputs",
             "file": Path(teacher).name,
+            "crop": settings.crop,
             "generator_args": teacher_model.generator_args,
             "steps": settings.steps,
             "batch_size": settings.batch_size,
             "lr": settings.lr,
-            "slices": len(slices),
+            "slices": len(inputs),
             "final_l1": round(loss_value, 6),
             "seconds": round(time.perf_counter() - started, 1),
             "agreement": agreement,

@@ -54,6 +54,15 @@ import torch
 
 from ctdenoise.errors import CTDenoiseError
 from ctdenoise.io.volume import Volume
+from ctdenoise.noise import (
+    LOW_FREQUENCY,
+    FlatPatches,
+    band_noise_std,
+    find_flat_patches,
+    mean_frequency,
+    noise_power_spectrum,
+    noise_std,
+)
 from ctdenoise.physics.projector import (
     FILTERS,
     filtered_backprojection,
@@ -69,14 +78,20 @@ DEFAULT_ELECTRONIC_NOISE = 10.0
 """Electronic noise standard deviation, in counts."""
 DEFAULT_VIEWS = 720
 """Views over 180 degrees: meets angular Nyquist sampling for a 460-pixel (~45 cm) wide body."""
-DEFAULT_KERNEL = "hann"
+DEFAULT_KERNEL = "matched"
+"""Fit the noise reconstruction window to the image's own noise texture (:func:`match_kernel`)."""
+KERNELS: Tuple[str, ...] = ("matched",) + FILTERS
+FALLBACK_KERNEL = "hann"
+"""Window of ``matched`` when the image has no measurable noise to match."""
+KERNEL_WIDTH_RANGE = (0.03, 3.0)
+"""Bounds of the matched Gaussian window width, cycles per bin (3: practically the plain ramp)."""
 MIN_COUNTS = 1.0
 """Counts are clamped at this value before the log, as scanners do for photon-starved rays."""
+MIN_PHOTONS, MAX_PHOTONS = 2.0e4, 1.0e10
+"""Range of the matched full-dose I0. Below 2e4 quarter-dose rays through a shoulder starve; an image
+that needs less (a very smooth kernel) keeps 2e4 and gets its reconstructed noise scaled up instead."""
 MIN_MATCHED_NOISE_HU = 2.0
 """Below this estimated full-dose noise (HU) an image is taken as noise-free and not matched."""
-NOISE_PERCENTILE = 20.0
-"""Percentile of the 7x7 local standard deviation over soft tissue taken as the image's noise std."""
-SOFT_TISSUE_HU = (-150.0, 250.0)
 PADDING_HU = -1024.0
 """Voxels below this are padding outside the scan field; it is also the floor of the output."""
 
@@ -124,7 +139,10 @@ def noise_sinogram(
     low_mean = dose * photons * torch.exp(-line_integrals.clamp(min=0.0))
     extra_var = (1.0 - dose) * low_mean + (1.0 - dose**2) * electronic_noise**2
     counts = low_mean + extra_var.sqrt() * normal
-    return torch.log(low_mean.clamp(min=MIN_COUNTS)) - torch.log(counts.clamp(min=MIN_COUNTS))
+    noise = torch.log(low_mean.clamp(min=MIN_COUNTS)) - torch.log(counts.clamp(min=MIN_COUNTS))
+    # E[-ln(1 + e)] ~ var(e) / 2: without this second-order term the mean attenuation of long rays rises
+    # and soft tissue shifts by a few HU; with it the mean HU stays within about 1 HU.
+    return noise - 0.5 * (extra_var / low_mean.clamp(min=MIN_COUNTS) ** 2).clamp(max=1.0)
 
 
 def _pixel_spacing(pixel_spacing_mm: PixelSpacing) -> Tuple[float, float]:
@@ -154,8 +172,8 @@ def _check_options(dose: float, photons: float, electronic_noise: float, views: 
         raise CTDenoiseError(f"electronic noise {electronic_noise!r} must be a standard deviation >= 0 in counts")
     if int(views) < 2:
         raise CTDenoiseError(f"views {views!r} is too small: use at least 2 (default {DEFAULT_VIEWS})")
-    if kernel not in FILTERS:
-        raise CTDenoiseError(f"unknown reconstruction kernel {kernel!r}: choose one of {', '.join(FILTERS)}")
+    if kernel not in KERNELS:
+        raise CTDenoiseError(f"unknown reconstruction kernel {kernel!r}: choose one of {', '.join(KERNELS)}")
     if int(batch) < 1:
         raise CTDenoiseError(f"batch_slices {batch!r} must be at least 1")
 
@@ -181,7 +199,7 @@ def _slice_normal(seed: int, index: int, shape: Tuple[int, int]) -> torch.Tensor
     return torch.randn(shape, generator=generator, dtype=torch.float32)
 
 
-def _simulate_batch(
+def _added_noise(
     batch: torch.Tensor,
     first_index: int,
     seed: int,
@@ -189,7 +207,7 @@ def _simulate_batch(
     spacing: Tuple[float, float],
     settings: Dict[str, Any],
 ) -> torch.Tensor:
-    """Low-dose version of HU slices ``batch`` ``[B, H, W]`` whose first has index ``first_index``."""
+    """The noise (HU) that turns HU slices ``batch`` ``[B, H, W]`` (first index ``first_index``) into ``dose``."""
     angles = parallel_angles(int(settings["views"]), batch.device)
     sino = forward_project(hu_to_mu(batch), angles, spacing=spacing)
     normal = torch.stack(
@@ -199,75 +217,153 @@ def _simulate_batch(
     incident = photons * view_modulation(sino) if settings["tube_current_modulation"] else photons
     delta_p = noise_sinogram(sino, dose, incident, settings["electronic_noise"], normal)
     delta_mu = filtered_backprojection(delta_p, angles, batch.shape[-2:], settings["kernel"], spacing=spacing)
-    noisy = torch.clamp(batch + delta_mu * (1000.0 / MU_WATER_PER_MM), min=PADDING_HU)
+    return delta_mu * (1000.0 / MU_WATER_PER_MM * float(settings.get("noise_scale", 1.0)))
+
+
+def _simulate_batch(
+    batch: torch.Tensor,
+    first_index: int,
+    seed: int,
+    dose: float,
+    spacing: Tuple[float, float],
+    settings: Dict[str, Any],
+) -> torch.Tensor:
+    """Low-dose version of HU slices ``batch`` ``[B, H, W]`` whose first has index ``first_index``."""
+    noisy = torch.clamp(batch + _added_noise(batch, first_index, seed, dose, spacing, settings), min=PADDING_HU)
     return torch.where(batch < PADDING_HU, batch, noisy)
 
 
-def _soft_tissue_core(slices: torch.Tensor, window: int) -> torch.Tensor:
-    """Pixels whose whole ``window`` x ``window`` neighbourhood is soft tissue (no edges)."""
-    tissue = ((slices > SOFT_TISSUE_HU[0]) & (slices < SOFT_TISSUE_HU[1])).float()[:, None]
-    core = -torch.nn.functional.max_pool2d(-tissue, window, 1, window // 2)
-    return core[:, 0] > 0.5
+def _gaussian_filtered(noise: np.ndarray, sigma: float) -> np.ndarray:
+    """``noise`` ``[n, y, x]`` filtered by :func:`~ctdenoise.physics.projector.gaussian_window` in the image.
 
-
-def estimate_noise_std(hu: np.ndarray, window: int = 7) -> float | None:
-    """Noise standard deviation (HU) of CT slices ``[z, y, x]`` or ``[y, x]``.
-
-    The ``NOISE_PERCENTILE``-th percentile of the local standard deviation in ``window`` x
-    ``window`` neighbourhoods lying wholly in soft tissue: homogeneous regions (liver, muscle)
-    give the low end of that distribution, anatomy and edges the high end. Returns None when the
-    slices hold fewer than 1000 such pixels (no soft tissue to measure).
+    For parallel-beam FBP with detector bins of one pixel, windowing the ramp in the projections and
+    filtering the reconstructed image radially are the same operation; the image form costs two FFTs.
     """
-    slices = torch.from_numpy(np.ascontiguousarray(np.asarray(hu, dtype=np.float32).reshape((-1,) + np.shape(hu)[-2:])))
-    core = _soft_tissue_core(slices, window)
-    if int(core.sum()) < 1000:
-        return None
-    x = slices[:, None]
-    mean = torch.nn.functional.avg_pool2d(x, window, 1, window // 2, count_include_pad=False)
-    mean_sq = torch.nn.functional.avg_pool2d(x * x, window, 1, window // 2, count_include_pad=False)
-    local = (mean_sq - mean * mean).clamp(min=0.0).sqrt()[:, 0]
-    return float(np.percentile(local[core].numpy(), NOISE_PERCENTILE))
+    fy = np.fft.fftfreq(noise.shape[-2])[:, None]
+    fx = np.fft.rfftfreq(noise.shape[-1])[None, :]
+    window = np.exp(-0.5 * (fy**2 + fx**2) / sigma**2)
+    return np.fft.irfft2(np.fft.rfft2(noise) * window, s=noise.shape[-2:])
 
 
-def calibrate_photons(
+def match_kernel(
+    sample: np.ndarray, ramp_noise: np.ndarray, spacing: Tuple[float, float], patches: FlatPatches
+) -> Dict[str, float]:
+    """Gaussian window width (cycles per bin) whose noise texture matches the image's own noise.
+
+    ``ramp_noise`` is simulated noise of ``sample`` reconstructed with the plain ramp. The width is
+    found by bisection so that the NPS mean frequency (above ``LOW_FREQUENCY`` of Nyquist, where
+    anatomy left in flat patches does not weigh) of the filtered noise equals that of ``sample``'s
+    own noise in the same patches.
+    """
+    frequency, nps = noise_power_spectrum(sample, spacing, patches)
+    low = LOW_FREQUENCY * 0.5 / max(spacing)
+    target = mean_frequency(frequency, nps, low)
+
+    def simulated(sigma: float) -> float:
+        return mean_frequency(*noise_power_spectrum(_gaussian_filtered(ramp_noise, sigma), spacing, patches), low)
+
+    low_sigma, high_sigma = KERNEL_WIDTH_RANGE
+    if simulated(high_sigma) <= target:
+        sigma = high_sigma
+    elif simulated(low_sigma) >= target:
+        sigma = low_sigma
+    else:
+        for _ in range(14):  # mean frequency grows with the width: bisect on its logarithm
+            sigma = math.sqrt(low_sigma * high_sigma)
+            low_sigma, high_sigma = (sigma, high_sigma) if simulated(sigma) < target else (low_sigma, sigma)
+        sigma = math.sqrt(low_sigma * high_sigma)
+    return {
+        "kernel_width_cycles_per_bin": float(sigma),
+        "image_nps_mean_frequency": target,
+        "added_nps_mean_frequency": simulated(sigma),
+    }
+
+
+def _match_photons(added_std: Callable[[float], float | None], target: float) -> Tuple[float, float]:
+    """``(photons, noise_scale)`` whose added noise std is ``target``: a secant on ``log std`` vs ``log I0``.
+
+    Quantum noise falls as ``I0^-1/2`` and electronic noise as ``I0^-1``, so the slope is measured
+    rather than assumed. Below ``MIN_PHOTONS`` the photons stay there and the noise is scaled.
+    """
+    points: list[Tuple[float, float]] = []
+    photons, scale = DEFAULT_PHOTONS, 1.0
+    for _ in range(5):
+        measured = added_std(photons)
+        if not measured or not math.isfinite(measured):
+            break
+        points.append((math.log(photons), math.log(measured)))
+        if abs(measured - target) <= 0.01 * target:
+            break
+        slope = -0.5
+        if len(points) > 1 and abs(points[-1][0] - points[-2][0]) > 1e-9:
+            slope = min(-0.1, (points[-1][1] - points[-2][1]) / (points[-1][0] - points[-2][0]))
+        wanted = math.exp(points[-1][0] + (math.log(target) - points[-1][1]) / slope)
+        if wanted < MIN_PHOTONS and photons == MIN_PHOTONS:
+            return MIN_PHOTONS, target / measured
+        photons = float(np.clip(wanted, MIN_PHOTONS, MAX_PHOTONS))
+    return photons, scale
+
+
+def calibrate(
     slices: np.ndarray,
     spacing: Tuple[float, float],
     dose: float,
     settings: Dict[str, Any],
     seed: int,
     device: torch.device,
+    match_photons: bool,
     sample_slices: int = 4,
 ) -> Dict[str, Any]:
-    """Choose full-dose photons per ray so that the added noise matches the image's own noise.
+    """Fit the simulation to the image's own noise: its texture (kernel) and, if asked, its level (photons).
 
-    Returns ``{"photons", "full_dose_noise_hu", "target_added_noise_hu", "calibration"}`` where
-    calibration is "matched" or "default" (no measurable noise: ``DEFAULT_PHOTONS``).
+    The full-dose noise std ``sigma_f`` and NPS are measured in flat patches (:mod:`ctdenoise.noise`) of
+    up to ``sample_slices`` slices. With ``kernel == "matched"`` the noise reconstruction window is
+    fitted to the NPS (:func:`match_kernel`); with ``match_photons`` I0 is set by two secant steps so
+    that the added noise std in the same patches is ``sigma_f sqrt(1/d - 1)``. Images without
+    measurable noise fall back to ``FALLBACK_KERNEL`` and ``DEFAULT_PHOTONS``.
+
+    Returns the settings to use (``photons``, ``kernel``) and the figures behind them.
     """
-    sigma_full = estimate_noise_std(slices)
-    result: Dict[str, Any] = {"photons": DEFAULT_PHOTONS, "full_dose_noise_hu": sigma_full, "calibration": "default"}
-    if sigma_full is None or sigma_full < MIN_MATCHED_NOISE_HU or dose >= 1.0:
-        return result
     index = np.unique(np.linspace(0, slices.shape[0] - 1, min(sample_slices, slices.shape[0])).round().astype(int))
-    sample = torch.from_numpy(np.ascontiguousarray(slices[index], dtype=np.float32)).to(device)
-    core = _soft_tissue_core(sample.cpu(), 7)
-    target = sigma_full * math.sqrt(1.0 / dose - 1.0)
+    sample = np.ascontiguousarray(slices[index], dtype=np.float32)
+    patches = find_flat_patches(sample, spacing_mm=spacing)
+    own_band = band_noise_std(sample, spacing, patches) if patches is not None else None
+    measurable = own_band is not None and own_band >= MIN_MATCHED_NOISE_HU
+    sigma_full = own_band
+    kernel = settings["kernel"]
+    result: Dict[str, Any] = {"photons": settings["photons"], "kernel": kernel, "full_dose_noise_hu": sigma_full}
+    if kernel == "matched":
+        result["kernel"] = FALLBACK_KERNEL
+    result["calibration"] = "given" if not match_photons else "default"
+    if not measurable or dose >= 1.0:
+        return result
+    tensor = torch.from_numpy(sample).to(device)
 
-    def added_std(photons: float) -> float:
-        noisy = torch.cat(
+    def noise_of(current: Dict[str, Any]) -> np.ndarray:
+        return np.concatenate(
             [
-                _simulate_batch(sample[i : i + 1], int(index[i]), seed, dose, spacing, {**settings, "photons": photons})
-                for i in range(sample.shape[0])
+                _added_noise(tensor[i : i + 1], int(index[i]), seed, dose, spacing, current).cpu().numpy()
+                for i in range(tensor.shape[0])
             ]
         )
-        return float((noisy - sample).cpu()[core].std())
 
-    photons = DEFAULT_PHOTONS
-    for _ in range(2):  # added variance ~ 1/I0: a secant step on log I0, twice for starvation effects
-        measured = added_std(photons)
-        if measured <= 0:
-            return result
-        photons = float(np.clip(photons * (measured / target) ** 2, 1e3, 1e10))
-    result.update(photons=photons, target_added_noise_hu=target, calibration="matched")
+    current = {**settings, "photons": settings["photons"] if not match_photons else DEFAULT_PHOTONS}
+    if kernel == "matched":
+        fit = match_kernel(sample, noise_of({**current, "kernel": "ramp"}), spacing, patches)
+        result.update(fit, kernel=fit["kernel_width_cycles_per_bin"])
+    current["kernel"] = result["kernel"]
+    if match_photons:
+        # Level matched above the anatomy band, where own and added noise are both measurable.
+        target = own_band * math.sqrt(1.0 / dose - 1.0)
+        photons, scale = _match_photons(
+            lambda value: band_noise_std(noise_of({**current, "photons": value}), spacing, patches), target
+        )
+        current.update(photons=photons, noise_scale=scale)
+        result.update(photons=photons, noise_scale=scale, calibration="matched")
+    added = noise_of(current)
+    added_std, added_band = noise_std(added, patches), band_noise_std(added, spacing, patches)
+    # The own noise below the band is hidden by anatomy: extrapolate it with the matched texture.
+    result.update(full_dose_noise_hu=own_band * added_std / added_band, added_noise_hu=added_std)
     return result
 
 
@@ -295,10 +391,11 @@ def simulate_low_dose(
             (anisotropic pixels are projected exactly).
         dose: dose fraction in (0, 1]; 1 returns the input unchanged.
         photons: photons per ray at full dose (I0; the mean over views with modulation); None:
-            calibrated so that the added noise matches the image's own noise (:func:`calibrate_photons`).
+            calibrated so that the added noise matches the image's own noise (:func:`calibrate`).
         electronic_noise: standard deviation of the electronic noise in counts.
         views: projection angles over 180 degrees.
-        kernel: ramp window of the noise reconstruction (one of ``projector.FILTERS``).
+        kernel: ramp window of the noise reconstruction: "matched" (fitted to the image's own noise
+            texture, see :func:`calibrate`) or one of ``projector.FILTERS``.
         tube_current_modulation: spread the photons over views as automatic exposure control
             does (:func:`view_modulation`); False gives every view I0.
         seed: same seed, same output, whatever ``batch_slices`` and ``device``; None: random.
@@ -330,10 +427,14 @@ def simulate_low_dose(
             "tube_current_modulation": bool(tube_current_modulation),
         }
         seed_value, total = _resolve_seed(seed), slices.shape[0]
-        calibration = {"photons": settings["photons"], "calibration": "given"}
-        if photons is None:
-            calibration = calibrate_photons(slices, spacing, float(dose), settings, seed_value, target)
-            settings["photons"] = calibration["photons"]
+        calibration = {"photons": settings["photons"], "kernel": kernel, "calibration": "given"}
+        if photons is None or kernel == "matched":
+            calibration = calibrate(slices, spacing, float(dose), settings, seed_value, target, photons is None)
+            settings.update(
+                photons=calibration["photons"],
+                kernel=calibration["kernel"],
+                noise_scale=calibration.get("noise_scale", 1.0),
+            )
         if report is not None:
             report.update(calibration)
         for start in range(0, total, int(batch_slices)):
@@ -403,10 +504,10 @@ def simulate_volume(
     parameters: Dict[str, Any] = {
         "method": "projection-domain noise insertion, parallel beam, axial plane",
         "dose": float(dose),
+        "kernel": options.get("kernel", DEFAULT_KERNEL),
         **calibration,
         "electronic_noise": float(options.get("electronic_noise", DEFAULT_ELECTRONIC_NOISE)),
         "views": int(options.get("views", DEFAULT_VIEWS)),
-        "kernel": str(options.get("kernel", DEFAULT_KERNEL)),
         "tube_current_modulation": bool(options.get("tube_current_modulation", True)),
         "pixel_spacing_mm": list(spacing),
         "mu_water_per_mm": MU_WATER_PER_MM,

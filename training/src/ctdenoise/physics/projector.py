@@ -48,8 +48,21 @@ FILTERS: Tuple[str, ...] = ("ramp", "shepp-logan", "cosine", "hamming", "hann")
 """Windows accepted by :func:`filter_sinogram` and :func:`filtered_backprojection`."""
 
 
-def _ramp_window(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The apodisation window for filter ``name`` as a function of frequency in cycles per bin."""
+def gaussian_window(sigma: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``exp(-f^2 / (2 sigma^2))``, ``f`` and ``sigma`` in cycles per bin: a smooth kernel's roll-off.
+
+    Smooth clinical kernels (B30, STANDARD) roll the ramp off gradually; the low-dose simulation fits
+    ``sigma`` to an image's own noise texture (:func:`ctdenoise.physics.lowdose.match_kernel`).
+    """
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise CTDenoiseError(f"Gaussian window width {sigma!r} must be a positive number of cycles per bin")
+    return lambda f: torch.exp(-0.5 * (f / sigma) ** 2)
+
+
+def _ramp_window(name: str | float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The apodisation window for filter ``name`` (or a Gaussian of that width) in cycles per bin."""
+    if isinstance(name, (int, float)) and not isinstance(name, bool):
+        return gaussian_window(float(name))
     windows: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
         "ramp": torch.ones_like,
         "shepp-logan": torch.sinc,
@@ -297,12 +310,13 @@ def back_project(
 
 
 def ramp_filter_response(
-    padded_length: int, filter_name: str = "ramp", device: torch.device | str = "cpu"
+    padded_length: int, filter_name: str | float = "ramp", device: torch.device | str = "cpu"
 ) -> torch.Tensor:
     """Frequency response (``rfft`` layout, unit detector spacing) of a windowed ramp filter.
 
     The ramp is the spectrum of the band-limited spatial kernel (h[0] = 1/4, h[n odd] = -1/(pi n)^2,
-    h[n even] = 0), which keeps the right DC level, multiplied by the named window.
+    h[n even] = 0), which keeps the right DC level, multiplied by the named window (a number: the
+    width of a :func:`gaussian_window`).
     """
     window = _ramp_window(filter_name)
     n = torch.arange(padded_length, device=device, dtype=torch.float64)
@@ -314,7 +328,9 @@ def ramp_filter_response(
     return (response * window(freq)).to(torch.float32)
 
 
-def filter_sinogram(sino: torch.Tensor, filter_name: str = "ramp", detector_spacing: float = 1.0) -> torch.Tensor:
+def filter_sinogram(
+    sino: torch.Tensor, filter_name: str | float = "ramp", detector_spacing: float = 1.0
+) -> torch.Tensor:
     """Convolve each view of ``sino`` ``[..., detectors]`` with the windowed ramp (units: per mm).
 
     Zero-padding to a power of two of at least twice the detector count avoids circular wrap-around.
@@ -330,7 +346,7 @@ def filtered_backprojection(
     sino: torch.Tensor,
     angles: torch.Tensor,
     out_shape: Sequence[int],
-    filter_name: str = "ramp",
+    filter_name: str | float = "ramp",
     *,
     spacing: Spacing = (1.0, 1.0),
     detector_spacing: float | None = None,
