@@ -363,15 +363,25 @@ def test_distill_writes_a_smaller_student_that_follows_its_teacher(tmp_path: Pat
         cache_dir,
         tmp_path / "supervised.safetensors",
         DistillSettings(
-            {"ngf": 4, "residual_highpass_sigma": 0.0}, steps=40, batch_size=2, lr=2e-3, target="full", crop=64
+            {"ngf": 4, "residual_highpass_sigma": 0.0},
+            steps=40,
+            batch_size=2,
+            lr=2e-3,
+            target="full",
+            crop=64,
+            loss="l2",
         ),
         progress=lambda step, total, loss: losses.append(loss),
     )
     supervised = read_model(path)
     record = supervised.metadata["training"]["supervised"]
-    assert record["crop"] == 64 and record["method"].startswith("paired L1") and record["slices"] == 12  # 6 pairs x 2
+    assert record["crop"] == 64 and record["method"].startswith("paired L2") and record["slices"] == 12  # 6 pairs x 2
     assert supervised.generator_args["residual_highpass_sigma"] == 0.0
     assert np.mean(losses[-8:]) < np.mean(losses[:8])
-    for bad, message in (({"target": "noisy"}, "target 'noisy' is unknown"), ({"crop": 64}, "needs target full")):
+    for bad, message in (
+        ({"target": "noisy"}, "target 'noisy' is unknown"),
+        ({"crop": 64}, "needs target full"),
+        ({"loss": "huber"}, "loss 'huber' is unknown"),
+    ):
         with pytest.raises(CTDenoiseError, match=message):
             DistillSettings({"ngf": 4}, **bad)

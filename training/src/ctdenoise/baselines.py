@@ -12,13 +12,12 @@ scikit-image's ``denoise_nl_means`` (fast mode, 5x5 patches, 13x13 search, ``h =
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Sequence
 
 import numpy as np
 
 from ctdenoise.errors import CTDenoiseError
-from ctdenoise.noise import FlatPatches, band_noise_std, find_flat_patches, noise_std
+from ctdenoise.noise import FlatPatches, band_noise_std, find_flat_patches, gaussian_smooth, noise_std
 
 BASELINES = ("bm3d", "nlm", "gaussian")
 NLM_H = 0.8
@@ -60,19 +59,6 @@ def nlm_slices(hu: np.ndarray, sigma: float) -> np.ndarray:
     return out
 
 
-def gaussian_slices(hu: np.ndarray, sigma_px: float) -> np.ndarray:
-    """Gaussian smoothing of every slice of ``hu`` ``[z, y, x]`` with width ``sigma_px`` pixels (FFT, edges reflected)."""
-    if sigma_px <= 0:
-        return hu.astype(np.float32)
-    pad = int(math.ceil(4 * sigma_px))
-    padded = np.pad(hu.astype(np.float64), ((0, 0), (pad, pad), (pad, pad)), mode="reflect")
-    fy = np.fft.fftfreq(padded.shape[1])[:, None]
-    fx = np.fft.rfftfreq(padded.shape[2])[None, :]
-    response = np.exp(-2.0 * (math.pi * sigma_px) ** 2 * (fy**2 + fx**2))
-    smooth = np.fft.irfft2(np.fft.rfft2(padded) * response, s=padded.shape[1:])
-    return smooth[:, pad:-pad, pad:-pad].astype(np.float32)
-
-
 def gaussian_matched(
     hu: np.ndarray, target_noise: float, spacing_mm: Sequence[float], patches: FlatPatches
 ) -> tuple[np.ndarray, float]:
@@ -82,16 +68,16 @@ def gaussian_matched(
     """
 
     def noise(width: float) -> float:
-        return band_noise_std(gaussian_slices(hu, width), spacing_mm, patches) or 0.0
+        return band_noise_std(gaussian_smooth(hu, width), spacing_mm, patches) or 0.0
 
     low, high = 0.0, 8.0
     if noise(high) >= target_noise:
-        return gaussian_slices(hu, high), high
+        return gaussian_smooth(hu, high), high
     for _ in range(12):
         middle = 0.5 * (low + high)
         low, high = (middle, high) if noise(middle) > target_noise else (low, middle)
     width = 0.5 * (low + high)
-    return gaussian_slices(hu, width), width
+    return gaussian_smooth(hu, width), width
 
 
 def baseline(name: str, sigma: float) -> Callable[[np.ndarray], np.ndarray]:

@@ -275,12 +275,13 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         seed=args.seed,
         target=args.target,
         crop=args.crop,
+        loss=args.loss,
     )
     stop = _StopFlag()
     with stop, tqdm(total=settings.steps, unit="step", disable=args.quiet, dynamic_ncols=True) as bar:
 
         def progress(step: int, steps: int, loss: float) -> None:
-            bar.set_postfix_str(f"L1 {loss:.5f}", refresh=False)
+            bar.set_postfix_str(f"{settings.loss.upper()} {loss:.5f}", refresh=False)
             bar.update(step - bar.n)
 
         path, agreement = distill(args.teacher, args.cache, args.out, settings, progress=progress, cancel=stop)
@@ -664,6 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--crop", type=int, default=0, help="with --target full: random square crops of this size (multiple of 16)"
     )
+    p.add_argument("--loss", choices=["l1", "l2"], default="l1", help="regression loss (l2 suits noisy targets)")
     p.add_argument("--batch-size", type=int, default=2, help="whole slices per step (default 2)")
     p.add_argument(
         "--lr", type=float, default=1e-3, help="Adam learning rate at the start (default 1e-3, cosine decay)"
@@ -701,7 +703,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--low", nargs="+", default=[], help="low-dose volumes: paired with --full in order, or alone (no reference)"
     )
-    p.add_argument("--model", nargs="+", default=["bundled"], help="models to evaluate (default: bundled)")
+    p.add_argument(
+        "--model", nargs="+", default=["bundled"], help="models to evaluate: files, or bundled (the default)"
+    )
     p.add_argument("--names", nargs="+", default=None, help="a display name per model")
     p.add_argument(
         "--baselines", nargs="*", default=["bm3d", "nlm", "gaussian"], help="bm3d, nlm, gaussian (default: all)"

@@ -41,6 +41,8 @@ class DistillSettings:
         target: "teacher" (the teacher's outputs) or "full" (supervised: the full-dose slice paired
             with each simulated low-dose slice, and full dose itself for full-dose inputs; the
             teacher then only lends its architecture, normalisation and metadata).
+        loss: "l1" or "l2". With noisy targets (full dose carries its own noise) L2 is the one whose
+            optimum is the clean image (Noise2Noise) and whose gradient grows with the error.
         crop: with ``target="full"``, square crops of this many pixels (a multiple of 16), drawn
             anew each step, so the instance norms meet many fields of view; 0: whole slices.
     """
@@ -53,6 +55,7 @@ class DistillSettings:
     max_slices: int = 64
     target: str = "teacher"
     crop: int = 0
+    loss: str = "l1"
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "max_slices"):
@@ -61,6 +64,8 @@ class DistillSettings:
                 raise CTDenoiseError(f"distillation {name} must be a positive integer, got {value!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise CTDenoiseError(f"distillation learning rate must be a positive number, got {self.lr!r}")
+        if self.loss not in ("l1", "l2"):
+            raise CTDenoiseError(f"distillation loss {self.loss!r} is unknown: use l1 or l2")
         if self.target not in ("teacher", "full"):
             raise CTDenoiseError(f"distillation target {self.target!r} is unknown: use teacher or full")
         if self.crop < 0 or self.crop % 16 or (self.crop and self.target != "full"):
@@ -163,7 +168,7 @@ def distill(
             chosen = [_random_crop(a, b, settings.crop, order) for a, b in chosen]
         x = torch.from_numpy(np.ascontiguousarray(np.concatenate([a for a, _ in chosen])))
         y = torch.from_numpy(np.ascontiguousarray(np.concatenate([b for _, b in chosen])))
-        loss = torch.nn.functional.l1_loss(student(x), y)
+        loss = (torch.nn.functional.l1_loss if settings.loss == "l1" else torch.nn.functional.mse_loss)(student(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -178,11 +183,12 @@ def distill(
     metadata["training"] = {
         **(metadata.get("training") or {}),
         ("supervised" if settings.target == "full" else "distilled_from"): {
-            "method": "paired L1 to the full-dose slices (simulated low dose)"
+            "method": f"paired {settings.loss.upper()} to the full-dose slices (simulated low dose)"
             if settings.target == "full"
             else "L1 to the teacher's outputs",
             "file": Path(teacher).name,
             "crop": settings.crop,
+            "loss": settings.loss,
             "generator_args": teacher_model.generator_args,
             "steps": settings.steps,
             "batch_size": settings.batch_size,

@@ -35,6 +35,7 @@ from ctdenoise.noise import (
     LOW_FREQUENCY,
     FlatPatches,
     band_noise_std,
+    box_mean,
     find_flat_patches,
     mean_frequency,
     noise_power_spectrum,
@@ -113,10 +114,8 @@ def edge_correlation(removed: np.ndarray, image: np.ndarray) -> float:
     also removes edges and fine structure scores higher. Local energy: 5x5 mean of ``removed^2``;
     edges: gradient magnitude of the smoothed image; body: smoothed image above -500 HU.
     """
-    from ctdenoise.noise import _box
-
     base = smooth(np.asarray(image, dtype=np.float32).reshape((-1,) + image.shape[-2:]))
-    energy = _box(np.asarray(removed, dtype=np.float64).reshape(base.shape) ** 2, 5)
+    energy = box_mean(np.asarray(removed, dtype=np.float64).reshape(base.shape) ** 2, 5)
     gy, gx = np.gradient(base, axis=(1, 2))
     body = base > -500.0
     if int(body.sum()) < 100:
@@ -223,6 +222,7 @@ def evaluate(
             "rows": rows,
             "_outputs": outputs,
             "_reference": case.full,
+            "_patches": patches,
         }
     return {
         "mode": "paired" if cases and cases[0].full is not None else "no-reference",
@@ -321,9 +321,7 @@ def _figures(report: dict[str, Any], out: Path) -> list[Path]:
     written = []
     name, volume = next(iter(report["volumes"].items()))
     outputs = volume["_outputs"]
-    reference = None
-    if report["mode"] == "paired":
-        reference = _reference_of(volume)
+    reference = volume["_reference"]
     middle = outputs[INPUT].shape[0] // 2
     height, width = outputs[INPUT].shape[1:]
     crop = (slice(height // 4, height // 4 + height // 2), slice(width // 4, width // 4 + width // 2))
@@ -358,9 +356,9 @@ def _figures(report: dict[str, Any], out: Path) -> list[Path]:
         fig.savefig(written[-1], dpi=100)
         plt.close(fig)
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    if reference is not None:
-        patches = find_flat_patches(reference, spacing_mm=volume["pixel_mm"])
-        true = noise_power_spectrum(outputs[INPUT] - reference, volume["pixel_mm"], patches) if patches else None
+    patches = volume["_patches"]
+    if reference is not None and patches is not None:
+        true = noise_power_spectrum(outputs[INPUT] - reference, volume["pixel_mm"], patches)
         if true is not None:
             ax.plot(*true, "k-", lw=2, label="true noise (input - full dose)")
     for method, row in rows.items():
@@ -375,7 +373,3 @@ def _figures(report: dict[str, Any], out: Path) -> list[Path]:
     fig.savefig(written[-1], dpi=100)
     plt.close(fig)
     return written
-
-
-def _reference_of(volume: dict[str, Any]) -> np.ndarray:
-    return volume["_reference"]

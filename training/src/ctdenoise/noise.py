@@ -26,6 +26,7 @@ image's own noise, and ``ctdenoise evaluate`` to measure noise where no ROI is g
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -66,7 +67,7 @@ class FlatPatches:
         )
 
 
-def _box(image: np.ndarray, size: int) -> np.ndarray:
+def box_mean(image: np.ndarray, size: int) -> np.ndarray:
     """Mean over ``size`` x ``size`` neighbourhoods of ``[z, y, x]`` (edges replicated), via summed areas."""
     pad = size // 2
     padded = np.pad(image, ((0, 0), (pad + 1, pad), (pad + 1, pad)), mode="edge").astype(np.float64)
@@ -85,7 +86,20 @@ def _box(image: np.ndarray, size: int) -> np.ndarray:
 
 def smooth(slices: np.ndarray) -> np.ndarray:
     """Two ``SMOOTH_BOX`` box filters of ``[z, y, x]``: close to a Gaussian of sigma 2 px."""
-    return _box(_box(slices, SMOOTH_BOX), SMOOTH_BOX)
+    return box_mean(box_mean(slices, SMOOTH_BOX), SMOOTH_BOX)
+
+
+def gaussian_smooth(slices: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Gaussian smoothing of every slice of ``[z, y, x]`` with width ``sigma_px`` pixels (FFT, edges reflected)."""
+    if sigma_px <= 0:
+        return np.asarray(slices, dtype=np.float32)
+    pad = int(math.ceil(4 * sigma_px))
+    padded = np.pad(np.asarray(slices, dtype=np.float64), ((0, 0), (pad, pad), (pad, pad)), mode="reflect")
+    fy = np.fft.fftfreq(padded.shape[1])[:, None]
+    fx = np.fft.rfftfreq(padded.shape[2])[None, :]
+    response = np.exp(-2.0 * (math.pi * sigma_px) ** 2 * (fy**2 + fx**2))
+    smoothed = np.fft.irfft2(np.fft.rfft2(padded) * response, s=padded.shape[1:])
+    return smoothed[:, pad:-pad, pad:-pad].astype(np.float32)
 
 
 def _patch_sums(image: np.ndarray, size: int, stride: int) -> np.ndarray:

@@ -59,6 +59,7 @@ from ctdenoise.noise import (
     FlatPatches,
     band_noise_std,
     find_flat_patches,
+    gaussian_smooth,
     mean_frequency,
     noise_power_spectrum,
     noise_std,
@@ -233,18 +234,6 @@ def _simulate_batch(
     return torch.where(batch < PADDING_HU, batch, noisy)
 
 
-def _gaussian_filtered(noise: np.ndarray, sigma: float) -> np.ndarray:
-    """``noise`` ``[n, y, x]`` filtered by :func:`~ctdenoise.physics.projector.gaussian_window` in the image.
-
-    For parallel-beam FBP with detector bins of one pixel, windowing the ramp in the projections and
-    filtering the reconstructed image radially are the same operation; the image form costs two FFTs.
-    """
-    fy = np.fft.fftfreq(noise.shape[-2])[:, None]
-    fx = np.fft.rfftfreq(noise.shape[-1])[None, :]
-    window = np.exp(-0.5 * (fy**2 + fx**2) / sigma**2)
-    return np.fft.irfft2(np.fft.rfft2(noise) * window, s=noise.shape[-2:])
-
-
 def match_kernel(
     sample: np.ndarray, ramp_noise: np.ndarray, spacing: Tuple[float, float], patches: FlatPatches
 ) -> Dict[str, float]:
@@ -260,7 +249,10 @@ def match_kernel(
     target = mean_frequency(frequency, nps, low)
 
     def simulated(sigma: float) -> float:
-        return mean_frequency(*noise_power_spectrum(_gaussian_filtered(ramp_noise, sigma), spacing, patches), low)
+        # A window of sigma cycles per bin (one bin per pixel) is a Gaussian of 1 / (2 pi sigma) pixels:
+        # windowing the ramp in the projections and filtering the noise image are the same operation.
+        filtered = gaussian_smooth(ramp_noise, 1.0 / (2.0 * math.pi * sigma))
+        return mean_frequency(*noise_power_spectrum(filtered, spacing, patches), low)
 
     low_sigma, high_sigma = KERNEL_WIDTH_RANGE
     if simulated(high_sigma) <= target:
