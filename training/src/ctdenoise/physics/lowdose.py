@@ -221,19 +221,6 @@ def _added_noise(
     return delta_mu * (1000.0 / MU_WATER_PER_MM * float(settings.get("noise_scale", 1.0)))
 
 
-def _simulate_batch(
-    batch: torch.Tensor,
-    first_index: int,
-    seed: int,
-    dose: float,
-    spacing: Tuple[float, float],
-    settings: Dict[str, Any],
-) -> torch.Tensor:
-    """Low-dose version of HU slices ``batch`` ``[B, H, W]`` whose first has index ``first_index``."""
-    noisy = torch.clamp(batch + _added_noise(batch, first_index, seed, dose, spacing, settings), min=PADDING_HU)
-    return torch.where(batch < PADDING_HU, batch, noisy)
-
-
 def match_kernel(
     sample: np.ndarray, ramp_noise: np.ndarray, spacing: Tuple[float, float], patches: FlatPatches
 ) -> Dict[str, float]:
@@ -432,7 +419,9 @@ def simulate_low_dose(
         for start in range(0, total, int(batch_slices)):
             stop = min(start + int(batch_slices), total)
             batch = torch.from_numpy(slices[start:stop]).to(target)
-            noisy = _simulate_batch(batch, start, seed_value, float(dose), spacing, settings)
+            noise = _added_noise(batch, start, seed_value, float(dose), spacing, settings)
+            noisy = torch.clamp(batch + noise, min=PADDING_HU)
+            noisy = torch.where(batch < PADDING_HU, batch, noisy)  # padding outside the scan field stays
             out[start:stop] = noisy.cpu().numpy()
             if progress is not None:
                 progress(stop, total)
