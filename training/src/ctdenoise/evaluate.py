@@ -128,7 +128,27 @@ def _band_power(frequency: np.ndarray, nps: np.ndarray, low: float, high: float)
     return float(np.sum(nps[keep] * frequency[keep]))
 
 
-def _method_row(case: Case, output: np.ndarray, patches: Optional[FlatPatches], seconds: float) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _CaseNoise:
+    """What every method of a case is measured against: its flat patches, the input's noise there and
+    the NPS of the true noise (input minus reference; None without a reference). Computed once per case."""
+
+    patches: Optional[FlatPatches]
+    input_noise: Optional[float]
+    true_nps: Optional[tuple[np.ndarray, np.ndarray]]
+
+
+def _case_noise(case: Case) -> _CaseNoise:
+    patches = find_flat_patches(case.full if case.full is not None else case.low, spacing_mm=case.spacing)
+    if patches is None:
+        return _CaseNoise(None, None, None)
+    true_nps = None
+    if case.full is not None:
+        true_nps = noise_power_spectrum(case.low - case.full, case.spacing, patches)
+    return _CaseNoise(patches, band_noise_std(case.low, case.spacing, patches), true_nps)
+
+
+def _method_row(case: Case, output: np.ndarray, noise: _CaseNoise, seconds: float) -> dict[str, Any]:
     """The figures of one method's ``output`` on ``case``."""
     from ctdenoise.metrics import image_quality
 
@@ -144,18 +164,19 @@ def _method_row(case: Case, output: np.ndarray, patches: Optional[FlatPatches], 
             row[f"psnr{key}"], row[f"ssim{key}"] = quality["psnr"], quality["ssim"]
             row["rmse_hu"] = quality["rmse_hu"]
         row["psnr_per_slice"] = [image_quality(o, f, WINDOW)["psnr"] for o, f in zip(output, case.full)]
+    patches = noise.patches
     if patches is not None:
         row["noise_hu"] = band_noise_std(output, case.spacing, patches)
         reference = case.full if case.full is not None else case.low
         row["mean_shift_hu"] = float(np.mean(patches.take(output) - patches.take(reference)))
         if case.full is None:
-            row["noise_ratio"] = row["noise_hu"] / band_noise_std(case.low, case.spacing, patches)
+            row["noise_ratio"] = row["noise_hu"] / noise.input_noise
         removed_nps = noise_power_spectrum(removed, case.spacing, patches) if changed else None
         if removed_nps is not None:
             row["removed_nps"] = [removed_nps[0].tolist(), removed_nps[1].tolist()]
             row["removed_mean_frequency"] = mean_frequency(*removed_nps, cut)
-            if case.full is not None:
-                true = noise_power_spectrum(case.low - case.full, case.spacing, patches)
+            if noise.true_nps is not None:
+                true = noise.true_nps
                 split = 0.5 * float(true[0].max()) / 2.0  # a quarter of Nyquist divides low from high
                 for band, (a, b) in (("low", (cut, split)), ("high", (split, np.inf))):
                     row[f"removed_share_{band}"] = _band_power(*removed_nps, a, b) / max(
@@ -186,43 +207,36 @@ def evaluate(
     denoisers = [(name, Denoiser(model, DenoiseOptions(device=device))) for name, model in models]
     volumes: dict[str, Any] = {}
     for case in cases:
-        patches = find_flat_patches(case.full if case.full is not None else case.low, spacing_mm=case.spacing)
-        rows: dict[str, Any] = {}
+        noise = _case_noise(case)
+        rows: dict[str, Any] = {INPUT: _method_row(case, case.low, noise, 0.0)}
         outputs: dict[str, np.ndarray] = {INPUT: case.low}
-        rows[INPUT] = _method_row(case, case.low, patches, 0.0)
-        for name, denoiser in denoisers:
-            if progress:
-                progress(f"{case.name}: {name}")
-            started = time.perf_counter()
-            outputs[name] = denoiser.array(case.low).astype(np.float32)
-            rows[name] = _method_row(case, outputs[name], patches, time.perf_counter() - started)
+        runs: list[tuple[str, Callable[[np.ndarray], np.ndarray], dict[str, Any]]] = [
+            (name, lambda hu, d=denoiser: d.array(hu).astype(np.float32), {}) for name, denoiser in denoisers
+        ]
         sigma = blind_sigma(case.low, case.spacing)
-        for name in baselines:
-            if name == "gaussian":
-                if not denoisers or patches is None:
-                    continue
-                if progress:
-                    progress(f"{case.name}: gaussian")
-                started = time.perf_counter()
-                target = rows[denoisers[0][0]]["noise_hu"]
-                outputs["gaussian"], width = gaussian_matched(case.low, target, case.spacing, patches)
-                rows["gaussian"] = _method_row(case, outputs["gaussian"], patches, time.perf_counter() - started)
-                rows["gaussian"]["sigma_px"] = width
-                continue
+        runs += [(name, baseline(name, sigma), {"blind_sigma_hu": sigma}) for name in baselines if name != "gaussian"]
+        for name, run, extra in runs:
             if progress:
                 progress(f"{case.name}: {name}")
             started = time.perf_counter()
-            outputs[name] = baseline(name, sigma)(case.low)
-            rows[name] = _method_row(case, outputs[name], patches, time.perf_counter() - started)
-            rows[name]["blind_sigma_hu"] = sigma
+            outputs[name] = run(case.low)
+            rows[name] = {**_method_row(case, outputs[name], noise, time.perf_counter() - started), **extra}
+        if "gaussian" in baselines and denoisers and noise.patches is not None:
+            if progress:
+                progress(f"{case.name}: gaussian")
+            started = time.perf_counter()
+            target = rows[denoisers[0][0]]["noise_hu"]
+            outputs["gaussian"], width = gaussian_matched(case.low, target, case.spacing, noise.patches)
+            row = _method_row(case, outputs["gaussian"], noise, time.perf_counter() - started)
+            rows["gaussian"] = {**row, "sigma_px": width}
         volumes[case.name] = {
             "slices": case.slices,
             "pixel_mm": list(case.spacing),
-            "flat_patches": 0 if patches is None else len(patches),
+            "flat_patches": 0 if noise.patches is None else len(noise.patches),
             "rows": rows,
             "_outputs": outputs,
             "_reference": case.full,
-            "_patches": patches,
+            "_noise": noise,
         }
     return {
         "mode": "paired" if cases and cases[0].full is not None else "no-reference",
@@ -356,11 +370,9 @@ def _figures(report: dict[str, Any], out: Path) -> list[Path]:
         fig.savefig(written[-1], dpi=100)
         plt.close(fig)
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    patches = volume["_patches"]
-    if reference is not None and patches is not None:
-        true = noise_power_spectrum(outputs[INPUT] - reference, volume["pixel_mm"], patches)
-        if true is not None:
-            ax.plot(*true, "k-", lw=2, label="true noise (input - full dose)")
+    true = volume["_noise"].true_nps
+    if true is not None:
+        ax.plot(*true, "k-", lw=2, label="true noise (input - full dose)")
     for method, row in rows.items():
         if "removed_nps" in row:
             ax.plot(*row["removed_nps"], label=f"removed by {method}")
