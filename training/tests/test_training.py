@@ -378,10 +378,22 @@ def test_distill_writes_a_smaller_student_that_follows_its_teacher(tmp_path: Pat
     assert record["crop"] == 64 and record["method"].startswith("paired L2") and record["slices"] == 12  # 6 pairs x 2
     assert supervised.generator_args["residual_highpass_sigma"] == 0.0
     assert np.mean(losses[-8:]) < np.mean(losses[:8])
+    # Fine-tuning: a student that starts from the teacher's weights begins where the teacher is.
+    path, tuned = distill(
+        teacher,
+        cache_dir,
+        tmp_path / "tuned.safetensors",
+        DistillSettings({}, steps=1, batch_size=2, lr=1e-9, init="teacher"),
+    )
+    assert tuned["p99_9_abs_diff_hu"] < 0.5 < agreement["p99_9_abs_diff_hu"]
+    assert read_model(path).metadata["training"]["distilled_from"]["init"] == "teacher"
+    with pytest.raises(CTDenoiseError, match="needs the teacher's architecture"):
+        distill(teacher, cache_dir, tmp_path / "x.safetensors", DistillSettings({"ngf": 4}, steps=1, init="teacher"))
     for bad, message in (
         ({"target": "noisy"}, "target 'noisy' is unknown"),
         ({"crop": 64}, "needs target full"),
         ({"loss": "huber"}, "loss 'huber' is unknown"),
+        ({"init": "random"}, "start 'random' is unknown"),
     ):
         with pytest.raises(CTDenoiseError, match=message):
             DistillSettings({"ngf": 4}, **bad)

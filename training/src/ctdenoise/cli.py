@@ -276,6 +276,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         target=args.target,
         crop=args.crop,
         loss=args.loss,
+        init=args.init,
     )
     stop = _StopFlag()
     with stop, tqdm(total=settings.steps, unit="step", disable=args.quiet, dynamic_ncols=True) as bar:
@@ -666,6 +667,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--crop", type=int, default=0, help="with --target full: random square crops of this size (multiple of 16)"
     )
     p.add_argument("--loss", choices=["l1", "l2"], default="l1", help="regression loss (l2 suits noisy targets)")
+    p.add_argument(
+        "--init",
+        choices=["identity", "teacher"],
+        default="identity",
+        help="identity: the student starts as the identity; teacher: from the teacher's weights (fine-tuning)",
+    )
     p.add_argument("--batch-size", type=int, default=2, help="whole slices per step (default 2)")
     p.add_argument(
         "--lr", type=float, default=1e-3, help="Adam learning rate at the start (default 1e-3, cosine decay)"

@@ -45,6 +45,9 @@ class DistillSettings:
             optimum is the clean image (Noise2Noise) and whose gradient grows with the error.
         crop: with ``target="full"``, square crops of this many pixels (a multiple of 16), drawn
             anew each step, so the instance norms meet many fields of view; 0: whole slices.
+        init: "identity" (the student starts as the identity) or "teacher" (it starts from the
+            teacher's weights, which needs the teacher's architecture: fine-tuning, e.g. of the
+            CycleGAN generator on simulated pairs).
     """
 
     student_args: dict[str, Any]
@@ -56,6 +59,7 @@ class DistillSettings:
     target: str = "teacher"
     crop: int = 0
     loss: str = "l1"
+    init: str = "identity"
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "max_slices"):
@@ -68,6 +72,8 @@ class DistillSettings:
             raise CTDenoiseError(f"distillation loss {self.loss!r} is unknown: use l1 or l2")
         if self.target not in ("teacher", "full"):
             raise CTDenoiseError(f"distillation target {self.target!r} is unknown: use teacher or full")
+        if self.init not in ("identity", "teacher"):
+            raise CTDenoiseError(f"student start {self.init!r} is unknown: use identity or teacher")
         if self.crop < 0 or self.crop % 16 or (self.crop and self.target != "full"):
             raise CTDenoiseError(
                 f"crop {self.crop!r} must be 0 or a multiple of 16, and needs target full: e.g. --crop 256"
@@ -145,7 +151,15 @@ def distill(
             targets = [teacher_model.generator(torch.from_numpy(x)).numpy() for x in inputs]
     args = {**teacher_model.generator_args, **settings.student_args}
     torch.manual_seed(settings.seed)
-    student = zero_residual(build_generator(teacher_model.preset, **args))
+    student = build_generator(teacher_model.preset, **args)
+    if settings.init == "teacher":
+        if args != teacher_model.generator_args:
+            raise CTDenoiseError(
+                "a student that starts from the teacher needs the teacher's architecture: drop the size options"
+            )
+        student.load_state_dict(teacher_model.generator.state_dict())
+    else:
+        zero_residual(student)
     optimizer = torch.optim.Adam(student.parameters(), lr=settings.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(step, settings.steps) / settings.steps))
@@ -188,6 +202,7 @@ def distill(
             else "L1 to the teacher's outputs",
             "file": Path(teacher).name,
             "crop": settings.crop,
+            "init": settings.init,
             "loss": settings.loss,
             "generator_args": teacher_model.generator_args,
             "steps": settings.steps,
