@@ -65,8 +65,16 @@ def test_batches_are_deterministic_per_step_and_rank(tmp_path: Path, real_slices
     again = UnpairedPatchSampler(cache, patch_size=96, batch_size=3, seed=5).batch(11)
     assert np.array_equal(full, again[0]) and np.array_equal(low, again[1])
     assert not np.array_equal(full, sampler.batch(12)[0])
-    other_rank = UnpairedPatchSampler(cache, patch_size=96, batch_size=3, seed=5, rank=1, world_size=2)
-    assert not np.array_equal(full, other_rank.batch(11)[0])
+    # two processes draw the two halves of the same global batch
+    shards = [UnpairedPatchSampler(cache, patch_size=96, batch_size=4, seed=5, rank=r, world_size=2) for r in (0, 1)]
+    whole = UnpairedPatchSampler(cache, patch_size=96, batch_size=4, seed=5).batch(11)
+    halves = [shard.batch(11) for shard in shards]
+    assert halves[0][0].shape == (2, 1, 96, 96)
+    for dose in (0, 1):
+        assert np.array_equal(np.concatenate([h[dose] for h in halves]), whole[dose])
+    assert not np.array_equal(halves[0][0], halves[1][0])
+    with pytest.raises(CTDenoiseError, match="multiple of 2"):
+        UnpairedPatchSampler(cache, patch_size=96, batch_size=3, rank=0, world_size=2)
     assert not np.array_equal(full, UnpairedPatchSampler(cache, patch_size=96, batch_size=3, seed=6).batch(11)[0])
 
 

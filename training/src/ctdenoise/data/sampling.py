@@ -1,7 +1,9 @@
 """Unpaired patch batches for CycleGAN training, and aligned slices for validation.
 
-Every batch is a pure function of ``(seed, step, rank)``: training resumes exactly at any step and
-DataLoader workers may prefetch steps in any order. Reads are crops of memory-mapped int16 slices,
+Every patch is a pure function of ``(seed, step, dose, index in the global batch)``: training
+resumes exactly at any step, DataLoader workers may prefetch steps in any order, and the processes
+of a distributed run each draw their own share of one global batch, so any number of processes
+sees the same patches. Reads are crops of memory-mapped int16 slices,
 never whole volumes.
 """
 
@@ -46,8 +48,9 @@ class UnpairedPatchSampler:
     so the two patches never come from a known aligned position. A crop with less than
     ``min_body_fraction`` of its pixels above -900 HU is redrawn, up to ``max_tries`` draws in
     total (the draw with the most body is kept). Augmentation is one of the 8 flips/90-degree
-    rotations. Each rank of a distributed run draws its own ``batch_size`` patches from its own
-    random stream, seeded by ``(seed, step, rank)``; ``world_size`` only validates ``rank``.
+    rotations. ``batch_size`` is the global batch: each patch has its own random stream, seeded by
+    ``(seed, step, dose, index)``, and process ``rank`` of ``world_size`` draws the contiguous share
+    ``[rank * b, (rank + 1) * b)`` with ``b = batch_size / world_size``.
     """
 
     def __init__(
@@ -69,6 +72,11 @@ class UnpairedPatchSampler:
             )
         if not 0 <= rank < world_size:
             raise CTDenoiseError(f"rank {rank} is outside a world of size {world_size}")
+        if batch_size % world_size:
+            raise CTDenoiseError(
+                f"data.batch_size {batch_size} (the global batch) does not split evenly over {world_size} processes: "
+                f"make it a multiple of {world_size}"
+            )
         if not 0.0 <= min_body_fraction <= 1.0:
             raise CTDenoiseError(f"minimum body fraction must be in [0, 1], got {min_body_fraction}")
         pools = {}
@@ -87,16 +95,21 @@ class UnpairedPatchSampler:
         self.seed = seed
         self.augment = augment
         self.rank = rank
+        self.local_batch = batch_size // world_size
         self.min_body_fraction = min_body_fraction
         self.max_tries = max_tries
         self._pools = pools
 
     def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        """(full, low) float32 HU patches ``[B, 1, P, P]`` for ``step``; depends only on seed, step, rank."""
-        rng = np.random.default_rng([self.seed, step, self.rank])
-        full = np.stack([self._patch(self._pools[FULL], rng) for _ in range(self.batch_size)])
-        low = np.stack([self._patch(self._pools[LOW], rng) for _ in range(self.batch_size)])
+        """This process's (full, low) float32 HU patches ``[b, 1, P, P]`` of the global batch of ``step``."""
+        items = range(self.rank * self.local_batch, (self.rank + 1) * self.local_batch)
+        full = np.stack([self._patch(self._pools[FULL], self._rng(step, 0, k)) for k in items])
+        low = np.stack([self._patch(self._pools[LOW], self._rng(step, 1, k)) for k in items])
         return full[:, None], low[:, None]
+
+    def _rng(self, step: int, dose: int, item: int) -> np.random.Generator:
+        """The random stream of one patch: item ``item`` of dose ``dose`` (0 full, 1 low) at ``step``."""
+        return np.random.default_rng([self.seed, step, dose, item])
 
     def _patch(self, pool: _SlicePool, rng: np.random.Generator) -> np.ndarray:
         """One patch: best of up to ``max_tries`` random crops by body fraction, then augmented."""

@@ -27,14 +27,22 @@ def _doc(text: str, **kwargs: Any) -> Any:
     return field(metadata={"doc": text}, **kwargs)
 
 
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+
+
 @dataclass
 class DataConfig:
     cache: str = _doc("Prepared cache folder (from 'ctdenoise prepare'); relative to the config file.", default="")
     patch_size: int = _doc("Square patch side in pixels (the seed uses 128).", default=128)
-    batch_size: int = _doc("Patches per dose per step, per process (the seed uses 4).", default=4)
+    batch_size: int = _doc(
+        "Patches per dose per step: the global batch, split evenly over the processes of a torchrun run "
+        "(the seed uses 4).",
+        default=4,
+    )
     num_workers: int = _doc(
         "DataLoader worker processes that prefetch batches (0: load in the main process).", default=0
     )
+    prefetch: int = _doc("Batches each DataLoader worker reads ahead (with num_workers > 0).", default=4)
     augment: bool = _doc("Random horizontal/vertical flips and 90-degree rotations.", default=True)
     min_body_fraction: float = _doc("Redraw patches with less than this fraction of pixels above -900 HU.", default=0.3)
 
@@ -106,6 +114,13 @@ class TrainConfig:
     checkpoint_every: int = _doc("Write the resumable training state every this many steps.", default=500)
     keep_checkpoints: int = _doc("How many periodic training states to keep besides last.pt.", default=3)
     threads: int = _doc("CPU threads for torch (0: torch's default).", default=0)
+    channels_last: bool = _doc(
+        "Channels-last memory format on CUDA GPUs (faster convolutions); ignored on the CPU.", default=True
+    )
+    compile: str = _doc(
+        "torch.compile the training step: 'off', 'default', 'reduce-overhead' (CUDA graphs) or 'max-autotune'.",
+        default="off",
+    )
 
 
 @dataclass
@@ -167,6 +182,7 @@ def validate(config: Config) -> Config:
         (c.data.patch_size >= 70, "data.patch_size must be at least 70 (the PatchGAN discriminator sees 70x70)"),
         (c.data.batch_size >= 1, "data.batch_size must be at least 1"),
         (c.data.num_workers >= 0, "data.num_workers must be 0 or more"),
+        (c.data.prefetch >= 1, "data.prefetch must be at least 1"),
         (0.0 <= c.data.min_body_fraction <= 1.0, "data.min_body_fraction must be in [0, 1]"),
         (
             c.model.generator_init in GENERATOR_INITS,
@@ -190,6 +206,10 @@ def validate(config: Config) -> Config:
         (c.train.val_slices >= 0, "train.val_slices must be 0 or more"),
         (c.train.amp in ("auto", "bf16", "off"), "train.amp must be 'auto', 'bf16' or 'off'"),
         (c.train.image_pool >= 0, "train.image_pool must be 0 or more"),
+        (
+            c.train.compile in COMPILE_MODES,
+            f"train.compile must be one of {', '.join(repr(m) for m in COMPILE_MODES)}",
+        ),
         (c.train.log_every >= 1, "train.log_every must be at least 1"),
         (c.train.val_every >= 0, "train.val_every must be 0 or more"),
         (c.train.checkpoint_every >= 1, "train.checkpoint_every must be at least 1"),

@@ -1,11 +1,11 @@
 """CycleGAN training loop: unpaired patches in, resumable states and an exported model out.
 
-One process trains on the CPU, one GPU or Apple MPS. Under ``torchrun`` (``WORLD_SIZE`` > 1) each
-process draws its own batches and gradients are averaged with ``torch.distributed.all_reduce``
-before every optimizer step (NCCL on GPUs, Gloo on CPUs). Gradients are reduced by hand rather
-than through ``DistributedDataParallel`` because each generator and discriminator runs several
-times per step (fake, cycle, identity; real and fake), which DDP's one-forward-per-backward
-bookkeeping does not allow without ``static_graph`` tricks.
+One process trains on the CPU, one GPU or Apple MPS. Under ``torchrun`` (``WORLD_SIZE`` > 1) the
+processes share one global batch, drawn from ``(seed, step)`` and split evenly between them, and
+each side's loss (:mod:`ctdenoise.training.objectives`) runs under ``DistributedDataParallel``
+(NCCL on GPUs, Gloo on CPUs), so gradients are averaged while the backward pass runs. The image
+pool sees the whole global batch on every process. Any number of processes therefore trains the
+same model, and a run resumes exactly with another number of processes. Only rank 0 writes.
 
 Output folder layout::
 
@@ -40,6 +40,7 @@ from ctdenoise.fileutils import atomic_write
 from ctdenoise.modelfile import build_metadata
 from ctdenoise.normalization import HUNormalization
 from ctdenoise.training.config import Config
+from ctdenoise.training.objectives import DiscriminatorObjective, GeneratorObjective
 from ctdenoise.training.pool import ImagePool
 
 TRAIN_STATE_VERSION = 1
@@ -99,6 +100,7 @@ def _autocast_dtype(config: Config, device: torch.device) -> Optional[torch.dtyp
 RESUMABLE_CHANGES = {
     "data.cache",
     "data.num_workers",
+    "data.prefetch",
     "train.max_steps",
     "train.device",
     "train.log_every",
@@ -108,6 +110,8 @@ RESUMABLE_CHANGES = {
     "train.checkpoint_every",
     "train.keep_checkpoints",
     "train.threads",
+    "train.channels_last",
+    "train.compile",
 }
 
 
@@ -148,6 +152,8 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.amp_dtype = _autocast_dtype(config, self.device)
+        channels_last = config.train.channels_last and self.device.type == "cuda"
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.normalization = HUNormalization(**config.normalization.__dict__)
 
     def _init_data(self) -> None:
@@ -191,11 +197,27 @@ class Trainer:
         self.d_f = build_discriminator(**model.discriminator_args)
         self.d_q = build_discriminator(**model.discriminator_args)
         for net in self.networks.values():  # the builders initialise weights N(0, 0.02) as the seed
-            net.to(self.device)
+            net.to(self.device, memory_format=self.memory_format)
+        lc = self.config.loss
+        objectives = (
+            GeneratorObjective(self.g_f2q, self.g_q2f, (self.d_f, self.d_q), lc.lambda_cycle, lc.lambda_identity),
+            DiscriminatorObjective(self.d_f, self.d_q),
+        )
+        self.generator_objective, self.discriminator_objective = (self._parallel(o) for o in objectives)
+
+    def _parallel(self, objective: nn.Module) -> Callable[..., Any]:
+        """The objective under DDP (several processes; rank 0's weights broadcast) and torch.compile (if set)."""
         if self.dist.world_size > 1:
-            for net in self.networks.values():
-                for tensor in itertools.chain(net.parameters(), net.buffers()):
-                    torch.distributed.broadcast(tensor.data, src=0)
+            from torch.nn.parallel import DistributedDataParallel
+
+            objective = DistributedDataParallel(
+                objective,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False,
+                gradient_as_bucket_view=True,
+            )
+        mode = self.config.train.compile
+        return objective if mode == "off" else torch.compile(objective, mode=None if mode == "default" else mode)
 
     def _init_optimizers(self) -> None:
         """Adam for the generators and for the discriminators, their schedulers, and the image pools."""
@@ -319,66 +341,48 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ step
-    def _reduce_gradients(self, params: list[nn.Parameter]) -> None:
-        if self.dist.world_size == 1:
-            return
-        grads = [p.grad for p in params if p.grad is not None]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        torch.distributed.all_reduce(flat)
-        flat /= self.dist.world_size
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
-
     def train_step(self, real_f: torch.Tensor, real_q: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One generator update then one discriminator update; returns the loss terms (detached scalars)."""
-        from ctdenoise.losses import (
-            cycle_loss,
-            discriminator_loss,
-            generator_adversarial_loss,
-            generator_total_loss,
-            identity_loss,
-        )
+        """One generator update then one discriminator update; returns the loss terms (detached scalars).
 
-        lc = self.config.loss
+        ``real_f`` and ``real_q`` are this process's share of the global batch, normalised, on the device.
+        """
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
         for d in (self.d_f, self.d_q):
             d.requires_grad_(False)
         self.opt_g.zero_grad(set_to_none=True)
         with autocast:
-            fake_f, fake_q = self.g_q2f(real_q), self.g_f2q(real_f)
-            total, terms = generator_total_loss(
-                generator_adversarial_loss(self.d_f(fake_f).float()),
-                generator_adversarial_loss(self.d_q(fake_q).float()),
-                cycle_loss(self.g_q2f(fake_q).float(), real_f),
-                cycle_loss(self.g_f2q(fake_f).float(), real_q),
-                identity_loss(self.g_q2f(real_f).float(), real_f),
-                identity_loss(self.g_f2q(real_q).float(), real_q),
-                lambda_cycle=lc.lambda_cycle,
-                lambda_identity=lc.lambda_identity,
-            )
+            total, terms, fake_f, fake_q = self.generator_objective(real_f, real_q)
         total.backward()
-        g_params = [p for g in (self.g_f2q, self.g_q2f) for p in g.parameters()]
-        self._reduce_gradients(g_params)
         self.opt_g.step()
 
         for d in (self.d_f, self.d_q):
             d.requires_grad_(True)
-        pool_rng = np.random.default_rng([self.config.train.seed, self.step, self.dist.rank, 7])
-        pooled_f = self.pool_f.query(fake_f.detach(), pool_rng)
-        pooled_q = self.pool_q.query(fake_q.detach(), pool_rng)
+        pool_rng = np.random.default_rng([self.config.train.seed, self.step, 7])
+        pooled_f = self._pooled(self.pool_f, fake_f.detach(), pool_rng)
+        pooled_q = self._pooled(self.pool_q, fake_q.detach(), pool_rng)
         self.opt_d.zero_grad(set_to_none=True)
         with autocast:
-            loss_d_f = discriminator_loss(self.d_f(real_f).float(), self.d_f(pooled_f).float())
-            loss_d_q = discriminator_loss(self.d_q(real_q).float(), self.d_q(pooled_q).float())
+            loss_d_f, loss_d_q = self.discriminator_objective(real_f, pooled_f, real_q, pooled_q)
         (loss_d_f + loss_d_q).backward()
-        self._reduce_gradients([p for d in (self.d_f, self.d_q) for p in d.parameters()])
         self.opt_d.step()
         for sched in (self.sched_g, self.sched_d):
             if sched is not None:
                 sched.step()
         return {**terms, "loss_D_F": loss_d_f.detach(), "loss_D_Q": loss_d_q.detach()}
+
+    def _pooled(self, pool: ImagePool, fakes: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """This process's share of the pool's answer to the whole global batch of fakes."""
+        if pool.size == 0:
+            return fakes
+        everything = fakes
+        if self.dist.world_size > 1:
+            shares = [
+                torch.empty_like(fakes, memory_format=torch.contiguous_format) for _ in range(self.dist.world_size)
+            ]
+            torch.distributed.all_gather(shares, fakes.contiguous())
+            everything = torch.cat(shares)
+        share = fakes.shape[0]
+        return pool.query(everything, rng)[self.dist.rank * share : (self.dist.rank + 1) * share]
 
     def check_replicas_in_sync(self) -> None:
         """Under torchrun: verify every process holds the same weights (gradients were averaged)."""
@@ -463,9 +467,10 @@ def _window_image(image: np.ndarray, window: list[float]) -> np.ndarray:
     return np.clip((image - low) / (high - low), 0.0, 1.0).astype(np.float32)
 
 
-def _to_device(batch: Any, device: torch.device, normalization: HUNormalization) -> torch.Tensor:
-    tensor = torch.as_tensor(batch, dtype=torch.float32)
-    return normalization.normalize(tensor).to(device, non_blocking=True)
+def _to_device(batch: torch.Tensor, trainer: Trainer) -> torch.Tensor:
+    """A (pinned) HU batch copied to the device without blocking, then normalised there."""
+    tensor = batch.to(trainer.device, non_blocking=True).contiguous(memory_format=trainer.memory_format)
+    return trainer.normalization.normalize(tensor)
 
 
 def train(
@@ -499,19 +504,24 @@ def train(
 
 
 def _step_loader(trainer: Trainer) -> Any:
-    """A DataLoader yielding one (full, low) batch per remaining step, in the order set by (seed, step, rank)."""
+    """A DataLoader yielding this process's (full, low) share of each remaining step's global batch.
+
+    Workers read ahead ``data.prefetch`` batches each from the memory-mapped cache; on CUDA the
+    batches arrive in pinned memory, so the copy to the GPU overlaps with compute.
+    """
     from torch.utils.data import DataLoader
 
     from ctdenoise.data import StepDataset
 
     remaining = max(0, trainer.config.train.max_steps - trainer.step)
+    workers = trainer.config.data.num_workers
     return DataLoader(
         StepDataset(trainer.sampler, trainer.step, remaining),
         batch_size=None,
         shuffle=False,
-        num_workers=trainer.config.data.num_workers,
+        num_workers=workers,
         pin_memory=trainer.device.type == "cuda",
-        persistent_workers=False,
+        prefetch_factor=trainer.config.data.prefetch if workers else None,
     )
 
 
@@ -527,10 +537,7 @@ def _run_steps(
     )
     try:
         for full, low in _step_loader(trainer):
-            losses = trainer.train_step(
-                _to_device(full, trainer.device, trainer.normalization),
-                _to_device(low, trainer.device, trainer.normalization),
-            )
+            losses = trainer.train_step(_to_device(full, trainer), _to_device(low, trainer))
             trainer.step += 1
             bar.update(1)
             step = trainer.step
