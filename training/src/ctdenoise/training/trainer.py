@@ -397,12 +397,12 @@ class Trainer:
     # ------------------------------------------------------------ validation
     def validate(self) -> Optional["Validation"]:
         """PSNR/SSIM/RMSE of G_Q2F(low) and of the low-dose input against the paired full dose (None without pairs)."""
+        if not self.val_pairs:
+            return None
         from ctdenoise.inference import denoise_array
         from ctdenoise.metrics import image_quality, metric_convention
         from ctdenoise.options import DenoiseOptions
 
-        if not self.val_pairs:
-            return None
         window = self.config.train.val_window
         full = np.stack([f for f, _ in self.val_pairs])
         low = np.stack([q for _, q in self.val_pairs])
@@ -467,7 +467,7 @@ def _window_image(image: np.ndarray, window: list[float]) -> np.ndarray:
     return np.clip((image - low) / (high - low), 0.0, 1.0).astype(np.float32)
 
 
-def _to_device(batch: torch.Tensor, trainer: Trainer) -> torch.Tensor:
+def to_device(batch: torch.Tensor, trainer: Trainer) -> torch.Tensor:
     """A (pinned) HU batch copied to the device without blocking, then normalised there."""
     tensor = batch.to(trainer.device, non_blocking=True).contiguous(memory_format=trainer.memory_format)
     return trainer.normalization.normalize(tensor)
@@ -503,7 +503,7 @@ def train(
     return TrainResult(Path(out_dir), trainer.step, model_path, trainer.metrics, time.perf_counter() - start)
 
 
-def _step_loader(trainer: Trainer) -> Any:
+def step_loader(trainer: Trainer) -> Any:
     """A DataLoader yielding this process's (full, low) share of each remaining step's global batch.
 
     Workers read ahead ``data.prefetch`` batches each from the memory-mapped cache; on CUDA the
@@ -536,8 +536,8 @@ def _run_steps(
         total=tc.max_steps, initial=trainer.step, disable=not (progress and log), unit="step", dynamic_ncols=True
     )
     try:
-        for full, low in _step_loader(trainer):
-            losses = trainer.train_step(_to_device(full, trainer), _to_device(low, trainer))
+        for full, low in step_loader(trainer):
+            losses = trainer.train_step(to_device(full, trainer), to_device(low, trainer))
             trainer.step += 1
             bar.update(1)
             step = trainer.step
