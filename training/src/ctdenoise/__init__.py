@@ -40,6 +40,7 @@ _PUBLIC = {
     "denoise_array": "ctdenoise.inference",
     "denoise_volume": "ctdenoise.inference",
     "denoise_file": "ctdenoise.inference",
+    "denoise_archive": "ctdenoise.archive",
     # low dose
     "simulate_volume": "ctdenoise.physics",
     # progress, cancel, errors
@@ -55,6 +56,7 @@ _PUBLIC = {
 __all__ = sorted(_PUBLIC) + ["__version__"]
 
 if TYPE_CHECKING:
+    from ctdenoise.archive import denoise_archive
     from ctdenoise.checkpoints import load_checkpoint
     from ctdenoise.devices import describe_devices, resolve_device
     from ctdenoise.errors import CTDenoiseError, CTDenoiseWarning, DenoiseCancelled

@@ -230,6 +230,8 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
     from ctdenoise.inference import Denoiser
     from ctdenoise.options import DenoiseOptions
 
+    if args.archive:
+        return _denoise_archive(args)
     options = DenoiseOptions.from_cli(args)
     if args.progress == "json":  # a parent process (the Slicer module) learns which process to stop
         print(event_json("started", pid=os.getpid(), version=__version__), flush=True)
@@ -251,6 +253,89 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
             f"{summary['runtime']} {summary['device']})"
         )
     return 0
+
+
+def _denoise_archive(args: argparse.Namespace) -> int:
+    """``denoise --archive``: every study of a folder tree or list file, one model load (see :mod:`ctdenoise.archive`).
+
+    Under torchrun each process takes its share of the studies; rank 0 reports the merged summary
+    and sets the exit status, the others exit 0 once their share is recorded.
+    """
+    from ctdenoise.archive import SUMMARY_NAME, denoise_archive, rank_options, torchrun_rank
+    from ctdenoise.options import DenoiseOptions
+
+    if args.noise_out is not None:
+        raise CTDenoiseError("--noise-out names one volume and does not combine with --archive: leave it out")
+    rank, world_size, local_rank = torchrun_rank()
+    options = DenoiseOptions.from_cli(args)
+    if world_size > 1:
+        options = rank_options(options, local_rank)
+    if args.progress == "json":
+        print(event_json("started", pid=os.getpid(), version=__version__, rank=rank), flush=True)
+    stop = _StopFlag()
+    with stop:
+        summary = denoise_archive(
+            args.input,
+            args.output,
+            args.checkpoint,
+            options,
+            rank=rank,
+            world_size=world_size,
+            progress=_study_printer(args.progress, rank, world_size),
+            cancel=stop,
+        )
+    if rank != 0:
+        return 0 if summary["complete"] else 130
+    _report_archive(summary, Path(args.output) / SUMMARY_NAME, args.progress)
+    if not summary["complete"]:
+        print("error: stopped; finished outputs are kept: rerun the same command to continue", file=sys.stderr)
+        return 130
+    return 1 if summary["totals"]["failed"] else 0
+
+
+def _study_printer(mode: str, rank: int, world_size: int) -> Callable[[dict[str, Any]], None]:
+    """The archive's per-study callback: a JSON line, or a tqdm bar over studies plus the study's warnings."""
+    if mode == "json":
+        return lambda event: print(event_json("study", **event), flush=True)
+    bars: list[Any] = []
+
+    def show(event: dict[str, Any]) -> None:
+        lines = [f"warning: {event['input']}: {message}" for message in event.get("warnings", ())]
+        if mode == "none":
+            for line in lines:
+                print(line, file=sys.stderr, flush=True)
+            return
+        if not bars:
+            from tqdm import tqdm
+
+            label = f"rank {rank}" if world_size > 1 else None
+            bars.append(tqdm(total=event["total"], unit="study", desc=label, dynamic_ncols=True))
+        bar = bars[0]
+        for line in lines:
+            bar.write(line, file=sys.stderr)
+        bar.set_postfix_str(f"{event['status']} {Path(event['input']).name}", refresh=False)
+        bar.update(event["index"] - bar.n)
+        if event["index"] >= event["total"]:
+            bar.close()
+
+    return show
+
+
+def _report_archive(summary: dict[str, Any], path: Path, mode: str) -> None:
+    """The archive's last words: a ``done`` JSON line, or each failure on stderr and one line of totals."""
+    totals = summary["totals"]
+    if mode == "json":
+        print(event_json("done", summary=str(path), **totals), flush=True)
+        return
+    for study in summary["studies"]:
+        if study["status"] == "failed":
+            print(f"failed: {study['input']}: {study['message']}", file=sys.stderr)
+    where = sorted({f"{w['runtime']} {w['device']}" for w in summary["workers"] if w["runtime"] != "none"})
+    print(
+        f"{totals['done']} denoised, {totals['skipped']} skipped (done before), {totals['failed']} failed of "
+        f"{totals['studies']} studies in {summary['wall_seconds']:.1f} s{' on ' + ', '.join(where) if where else ''}; "
+        f"summary: {path}"
+    )
 
 
 def _cmd_distill(args: argparse.Namespace) -> int:
@@ -686,9 +771,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst", help="destination .safetensors")
     p.set_defaults(func=_cmd_convert_seed)
 
-    p = sub.add_parser("denoise", help="denoise a whole CT volume")
-    p.add_argument("input", help="DICOM folder or file, NIfTI, NRRD or MHA")
-    p.add_argument("output", help="output path (.nii.gz, .nrrd, .mha; no extension: a new DICOM series folder)")
+    p = sub.add_parser("denoise", help="denoise a whole CT volume, or every study of an archive (--archive)")
+    p.add_argument(
+        "input", help="DICOM folder or file, NIfTI, NRRD or MHA; with --archive: a folder tree or a list file"
+    )
+    p.add_argument(
+        "output",
+        help="output path (.nii.gz, .nrrd, .mha; no extension: a new DICOM series folder); with --archive: a folder",
+    )
+    p.add_argument(
+        "--archive",
+        action="store_true",
+        help="denoise every study of INPUT (a folder tree, or a text file with one path per line) to the same "
+        "relative paths under the folder OUTPUT, loading the model once; a rerun skips finished outputs; "
+        "OUTPUT/summary.json lists every study; under torchrun the processes share the studies",
+    )
     p.add_argument(
         "--checkpoint", default=None, help="model (.safetensors, training .pt or seed .pth); default: the bundled model"
     )
