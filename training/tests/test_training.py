@@ -387,7 +387,7 @@ def test_distill_writes_a_smaller_student_that_follows_its_teacher(tmp_path: Pat
     )
     assert tuned["p99_9_abs_diff_hu"] < 0.5 < agreement["p99_9_abs_diff_hu"]
     assert read_model(path).metadata["training"]["distilled_from"]["init"] == "teacher"
-    with pytest.raises(CTDenoiseError, match="needs the teacher's architecture"):
+    with pytest.raises(CTDenoiseError, match="needs the teacher's layer shapes"):
         distill(teacher, cache_dir, tmp_path / "x.safetensors", DistillSettings({"ngf": 4}, steps=1, init="teacher"))
     for bad, message in (
         ({"target": "noisy"}, "target 'noisy' is unknown"),

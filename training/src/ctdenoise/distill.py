@@ -46,8 +46,8 @@ class DistillSettings:
         crop: with ``target="full"``, square crops of this many pixels (a multiple of 16), drawn
             anew each step, so the instance norms meet many fields of view; 0: whole slices.
         init: "identity" (the student starts as the identity) or "teacher" (it starts from the
-            teacher's weights, which needs the teacher's architecture: fine-tuning, e.g. of the
-            CycleGAN generator on simulated pairs).
+            teacher's weights, which needs the teacher's layer shapes: fine-tuning, e.g. of the
+            CycleGAN generator on simulated pairs, with or without its residual high-pass).
     """
 
     student_args: dict[str, Any]
@@ -152,12 +152,14 @@ def distill(
     args = {**teacher_model.generator_args, **settings.student_args}
     torch.manual_seed(settings.seed)
     student = build_generator(teacher_model.preset, **args)
-    if settings.init == "teacher":
-        if args != teacher_model.generator_args:
+    if settings.init == "teacher":  # parameter-free options (the residual high-pass) may differ
+        weights, own = teacher_model.generator.state_dict(), student.state_dict()
+        if own.keys() != weights.keys() or any(own[k].shape != weights[k].shape for k in own):
             raise CTDenoiseError(
-                "a student that starts from the teacher needs the teacher's architecture: drop the size options"
+                "a student that starts from the teacher needs the teacher's layer shapes: "
+                "keep its width, residual blocks and downsamplings"
             )
-        student.load_state_dict(teacher_model.generator.state_dict())
+        student.load_state_dict(weights)
     else:
         zero_residual(student)
     optimizer = torch.optim.Adam(student.parameters(), lr=settings.lr)
