@@ -17,7 +17,18 @@ be installed, for comparison only) it prints, each measured in a fresh process:
 
 On CUDA it also prints the bf16 matmul peak and each model's achieved TFLOP/s against it.
 
+With ``--memory`` it prints instead the host memory of ``Denoiser.file`` (what ``ctdenoise denoise``
+runs) on a 512x512x600 int16 volume built from the real abdomen series (mirrored and repeated), as
+a .nii.gz file and as a DICOM series, per runtime, each in a fresh process that runs the way
+``ctdenoise denoise`` does: the resident memory once the runtime is open, the peak while the file
+is read, denoised and written (overall and per phase), and the peak minus that baseline as a
+multiple of the volume's own bytes. On CUDA the torch runtime's ``torch.cuda.max_memory_allocated()``
+is printed too. ``--network-slices N`` runs the network on the first N slices only and hands the
+rest a zero change of the same shape: every slice is still read, normalised, cast and written, and
+the network's working memory is per batch, so the memory figures hold in seconds instead of minutes.
+
 Usage: .venv/bin/python scripts/bench_inference.py [--slices N] [--device cpu|cuda] [--checkpoint PATH]
+       .venv/bin/python scripts/bench_inference.py --memory [--memory-slices 600] [--network-slices N]
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,6 +48,7 @@ from typing import Any, Optional
 ROOT = Path(__file__).resolve().parents[1]
 ABDOMEN = ROOT / "data" / "totalsegmentator" / "example_ct_dicom"
 THREE_MM = ROOT / "data" / "totalsegmentator" / "example_ct_sm.nii.gz"
+MEMORY_FORMATS = {"nifti": "volume.nii.gz", "dicom": "volume_dicom"}
 
 
 def _run_json(args: list[str]) -> dict[str, Any]:
@@ -239,6 +252,159 @@ def configurations(checkpoint: Optional[str]) -> list[tuple[str, str]]:
     return found
 
 
+# ------------------------------------------------------------------------------------ memory
+
+
+def _status_mb(field: str) -> float:
+    """``VmRSS`` or ``VmHWM`` of this process from ``/proc/self/status``, in MB (10^6 bytes)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024 / 1e6
+    raise SystemExit(f"--memory needs Linux: no {field} in /proc/self/status")
+
+
+def _count_network(runtime: Any, limit: Optional[int]) -> dict[str, float]:
+    """Wrap ``runtime.change``: time the network's calls; past ``limit`` slices return a zero change instead."""
+    import numpy as np
+
+    real, counts = runtime.change, {"slices": 0, "seconds": 0.0}
+
+    def change(x: Any) -> Any:
+        if limit is not None and counts["slices"] >= limit:
+            return np.zeros((x.shape[0], x.shape[2], x.shape[3]), dtype=np.float32)
+        start = time.perf_counter()
+        result = real(x)
+        counts["seconds"] += time.perf_counter() - start
+        counts["slices"] += 0 if result is None else x.shape[0]
+        return result
+
+    runtime.change = change
+    return counts
+
+
+def _restart_peak() -> None:
+    """Make ``VmHWM`` restart from the current ``VmRSS`` (Linux's ``clear_refs``)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def _track_phases(peaks: dict[str, float]) -> None:
+    """Record in ``peaks`` the peak resident memory while ``Denoiser.file`` reads, writes, and in between."""
+    import ctdenoise.inference as inference
+
+    def tracked(phase: str, function: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            peaks["denoise"] = max(peaks["denoise"], _status_mb("VmHWM"))
+            _restart_peak()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                peaks[phase] = max(peaks[phase], _status_mb("VmHWM"))
+                _restart_peak()
+
+        return call
+
+    inference.read_volume = tracked("read", inference.read_volume)  # type: ignore[assignment]
+    inference.write_volume = tracked("write", inference.write_volume)  # type: ignore[assignment]
+
+
+def worker_memory(
+    source: Path, target: Path, runtime: str, device: str, checkpoint: Optional[str], network_slices: Optional[int]
+) -> dict[str, Any]:
+    """In this process, as ``ctdenoise denoise`` runs: memory once the runtime is open, then ``Denoiser.file``'s peaks."""
+    from ctdenoise import DenoiseOptions, Denoiser
+
+    denoiser = Denoiser(checkpoint, DenoiseOptions(runtime=runtime, device=device))
+    opened = denoiser.open()
+    network = _count_network(opened, network_slices)
+    peaks = {"read": 0.0, "denoise": 0.0, "write": 0.0}
+    _track_phases(peaks)
+    cuda = opened.device.startswith("cuda")
+    if cuda:
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+    baseline = _status_mb("VmRSS")
+    _restart_peak()
+    start = time.perf_counter()
+    summary = denoiser.file(source, target)
+    seconds = time.perf_counter() - start
+    peaks["denoise"] = max(peaks["denoise"], _status_mb("VmHWM"))
+    return {
+        "baseline_mb": baseline,
+        "peaks_mb": peaks,
+        "seconds": seconds,
+        "slices": summary["slices"],
+        "network_slices": network["slices"],
+        "network_s_per_slice": network["seconds"] / max(network["slices"], 1),
+        "device": opened.device,
+        "gpu_peak_mb": torch.cuda.max_memory_allocated() / 1e6 if cuda else None,
+    }
+
+
+def _memory_inputs(slices: int, folder: Path) -> int:
+    """The abdomen mirrored and repeated to ``slices`` int16 slices, written to ``folder`` in each format; its bytes."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from ctdenoise import Volume, read_volume, write_volume
+
+    abdomen = read_volume(ABDOMEN)
+    there_and_back = np.concatenate([abdomen.array, abdomen.array[::-1]]).astype(np.int16)
+    array = np.concatenate([there_and_back] * (slices // len(there_and_back) + 1))[:slices]
+    volume = Volume(array, abdomen.spacing, abdomen.origin, abdomen.direction)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(volume.spacing)
+    image.SetOrigin(volume.origin)
+    image.SetDirection(volume.direction)
+    sitk.WriteImage(image, str(folder / MEMORY_FORMATS["nifti"]), useCompression=True)
+    write_volume(volume, folder / MEMORY_FORMATS["dicom"])
+    return int(array.nbytes)
+
+
+def memory_table(args: argparse.Namespace) -> None:
+    """Build the volume, measure each format and runtime in a worker process and print one table."""
+    runtimes = [("onnxruntime", "cpu"), ("torch", args.device)]
+    folder = Path(tempfile.mkdtemp(prefix="ctdenoise-memory-"))
+    try:
+        nbytes = _memory_inputs(args.memory_slices, folder)
+        print(
+            f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; model: {args.checkpoint or 'bundled'}; "
+            f"int16 volume 512x512x{args.memory_slices} = {nbytes / 1e6:.0f} MB; network on "
+            f"{'every slice' if args.network_slices is None else f'the first {args.network_slices} slices'}",
+            flush=True,
+        )
+        print(
+            "\n| input | runtime | device | network slices | network s/slice | file() s | RSS runtime open MB | "
+            "peak RSS MB | peak - open MB | ratio to volume | peak - open while reading / denoising / writing MB | "
+            "GPU peak MB |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for fmt, name in MEMORY_FORMATS.items():
+            for runtime, device in runtimes:
+                output = folder / f"out_{runtime}_{name}"
+                worker = ["--worker", "memory", "--input", str(folder / name), "--output", str(output)]
+                worker += ["--runtime", runtime, "--device", device]
+                worker += ["--checkpoint", args.checkpoint] if args.checkpoint else []
+                worker += [] if args.network_slices is None else ["--network-slices", str(args.network_slices)]
+                m = _run_json(worker)
+                if output.is_dir():
+                    shutil.rmtree(output)
+                else:
+                    output.unlink()
+                base, peaks = m["baseline_mb"], m["peaks_mb"]
+                peak = max(peaks.values())
+                phases = " / ".join(f"{peaks[p] - base:.0f}" for p in ("read", "denoise", "write"))
+                gpu = "-" if m["gpu_peak_mb"] is None else f"{m['gpu_peak_mb']:.0f}"
+                print(
+                    f"| {fmt} | {runtime} | {m['device']} | {m['network_slices']}/{m['slices']} | "
+                    f"{m['network_s_per_slice']:.2f} | {m['seconds']:.1f} | {base:.0f} | {peak:.0f} | "
+                    f"{peak - base:.0f} | {(peak - base) * 1e6 / nbytes:.2f} | {phases} | {gpu} |",
+                    flush=True,
+                )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main() -> None:
     """Parse options, measure in worker processes and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -246,12 +412,26 @@ def main() -> None:
     parser.add_argument("--volume-slices", type=int, default=100, help="slices of the whole-volume run (default 100)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--checkpoint", default=None, help="model to time (default: the bundled model)")
-    parser.add_argument("--worker", choices=["speed", "seed", "clamped"], help=argparse.SUPPRESS)
+    parser.add_argument("--memory", action="store_true", help="print host (and GPU) memory of a whole-file denoise")
+    parser.add_argument("--memory-slices", type=int, default=600, help="slices of the --memory volume (default 600)")
+    parser.add_argument(
+        "--network-slices", type=int, default=None, help="--memory: run the network on the first N slices only"
+    )
+    parser.add_argument("--worker", choices=["speed", "seed", "clamped", "memory"], help=argparse.SUPPRESS)
     parser.add_argument("--runtime", default="torch", help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    parser.add_argument("--input", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory:
+        memory_table(args)
+        return
     if args.worker:
-        if args.worker == "clamped":
+        if args.worker == "memory":
+            result = worker_memory(
+                args.input, args.output, args.runtime, args.device, args.checkpoint, args.network_slices
+            )
+        elif args.worker == "clamped":
             result = worker_clamped(args.runtime, args.device, args.checkpoint)
         else:
             result = worker_speed(

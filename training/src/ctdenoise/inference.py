@@ -10,6 +10,11 @@ denorm(x), -L, L)``. Inside the normalisation range this equals the model's outp
 the per-voxel change limit the model carries (measured on its training data at export), so a model
 out of its depth cannot paint spikes. Voxels at or below the padding value (outside the scan field)
 pass through unchanged, and no output voxel falls below the input's minimum.
+
+Memory: slices stream through the model a batch at a time into an output of the input's dtype, and
+whole-volume scans (units, padding, NaN) go slab by slab. :meth:`Denoiser.file` reads int16 CT as
+int16 and writes the output over the input's voxels in memory, so it holds one copy of the volume,
+two while ITK reads the file (or writes NRRD or MetaImage), three with a noise output.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import numpy as np
 from ctdenoise.errors import CTDenoiseError, DenoiseCancelled, warn
 from ctdenoise.hu import check_units, declared_padding, padding_threshold
 from ctdenoise.io import PADDING_KEYS, Volume, check_paths, read_volume, validate_output_path, write_volume
+from ctdenoise.io.volume import nonfinite_voxels, slabs
 from ctdenoise.modelfile import ModelDescription, read_model
 from ctdenoise.options import DenoiseOptions
 from ctdenoise.orientation import reorientation
@@ -109,8 +115,11 @@ class DenoiseResult:
     warnings: list[str] = field(default_factory=list)
 
     def noise(self) -> Volume:
-        """The removed noise, input minus output, as a float32 volume with the input's geometry."""
-        noise = self.source.with_array((self.source.array - self.volume.array).astype(np.float32))
+        """The removed noise, input minus output, with the input's geometry.
+
+        int16 when input and output are integer arrays and every difference fits it, else float32.
+        """
+        noise = self.source.with_array(_difference(self.source.array, self.volume.array))
         for key in PADDING_KEYS:  # the noise is 0 outside the scan field, not the padding value
             noise.metadata.pop(key, None)
         return noise
@@ -202,7 +211,8 @@ class Denoiser:
         stats = _SliceStats()
         strength = np.float32(self.options.strength)
         if strength == 0.0:
-            out[...] = _cast(slices.astype(np.float32), out.dtype)
+            for part in slabs(slices):
+                out[part] = _cast(slices[part].astype(np.float32), out.dtype)
             return stats
         runtime = self.open()
         multiple = self.model.size_multiple
@@ -251,6 +261,19 @@ class Denoiser:
         self, volume: Volume, *, progress: Optional[ProgressCallback] = None, cancel: Optional[CancelCallback] = None
     ) -> DenoiseResult:
         """Denoise a :class:`~ctdenoise.io.Volume` in whatever orientation it is stored; geometry is kept."""
+        return self._denoise(volume, False, progress, cancel)
+
+    def _denoise(
+        self,
+        volume: Volume,
+        in_place: bool,
+        progress: Optional[ProgressCallback],
+        cancel: Optional[CancelCallback],
+    ) -> DenoiseResult:
+        """:meth:`volume`; ``in_place`` writes the output over ``volume.array`` when the dtypes match.
+
+        The input's voxels are then gone: the result's ``source`` holds the output too.
+        """
         started = time.perf_counter()
         name = str(volume.metadata.get("source_path") or "the input")
         messages = check_units(volume.array, force=self.options.force, where=name)
@@ -261,7 +284,11 @@ class Denoiser:
         for message in messages:
             warn(message)
         padding = padding_threshold(volume.array, declared_padding(volume.metadata))
-        out = np.empty(volume.shape, dtype=_output_dtype(volume.array))
+        outside = 0  # counted before an in-place run overwrites the input
+        if padding is not None:
+            outside = sum(int(np.count_nonzero(volume.array[part] <= padding)) for part in slabs(volume.array))
+        dtype = _output_dtype(volume.array)
+        out = volume.array if in_place and dtype == volume.array.dtype else np.empty(volume.shape, dtype=dtype)
         stats = self._run(
             turn.to_target(volume.array), turn.to_target(out), padding, float(volume.array.min()), progress, cancel
         )
@@ -278,7 +305,7 @@ class Denoiser:
             precision=runtime.precision if runtime else "none",
             seconds=time.perf_counter() - started,
             clamped_voxels=stats.clamped,
-            padding_voxels=0 if padding is None else int(np.count_nonzero(volume.array <= padding)),
+            padding_voxels=outside,
             warnings=list(volume.metadata.get("warnings") or []) + messages,
         )
 
@@ -299,7 +326,8 @@ class Denoiser:
         follows its path (see :func:`~ctdenoise.io.write_volume`); DICOM outputs copy the input's
         headers with a new series described as ``"<original> denoised (ctdenoise <preset>, strength
         s)"``. ``noise_output`` receives input minus output. On an error or a cancel nothing is left
-        at either output path.
+        at either output path. Integer input is read and denoised as integers and, without
+        ``noise_output``, in place (see the module docstring).
 
         Returns:
             :meth:`DenoiseResult.summary` plus ``input``, ``output`` and ``noise_output``.
@@ -309,11 +337,11 @@ class Denoiser:
         noise = None if noise_output is None else Path(noise_output)
         check_paths(source_path, output, noise)
         self.open()
-        source = read_volume(source_path)
+        source = read_volume(source_path, integer_hu=True)
         validate_output_path(output, source)
         if noise is not None:
             validate_output_path(noise, source)
-        result = self.volume(source, progress=progress, cancel=cancel)
+        result = self._denoise(source, noise is None, progress, cancel)
         if cancel is not None and cancel():
             raise DenoiseCancelled("denoising cancelled: no output was written")
         written, written_noise = _write_outputs(result, output, noise)
@@ -333,14 +361,32 @@ def _check_array(hu: Any) -> None:
         raise CTDenoiseError(f"cannot denoise data of type {kind}: pass a real-valued numpy array of HU")
     if hu.ndim not in (2, 3) or hu.size == 0:
         raise CTDenoiseError(f"cannot denoise an array of shape {hu.shape}: pass [z, y, x] or [y, x] HU voxels")
-    if hu.dtype.kind == "f" and not np.isfinite(hu).all():
-        bad = int(np.count_nonzero(~np.isfinite(hu)))
+    bad = nonfinite_voxels(hu)
+    if bad:
         raise CTDenoiseError(f"the input has {bad} NaN or infinite voxels: fix or mask them before denoising")
 
 
 def _output_dtype(hu: np.ndarray) -> np.dtype:
     """float32 for float input; the input's integer dtype in native byte order otherwise."""
     return np.dtype(np.float32) if hu.dtype.kind == "f" else hu.dtype.newbyteorder("=")
+
+
+def _difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a - b`` slab by slab: int16 for integer arrays whose every difference fits it, else float32."""
+    if a.dtype.kind in "iu" and b.dtype.kind in "iu":
+        small = np.empty(a.shape, dtype=np.int16)
+        exact = np.int32 if max(a.dtype.itemsize, b.dtype.itemsize) <= 2 else np.int64
+        for part in slabs(a):
+            wide = np.subtract(a[part], b[part], dtype=exact)
+            if wide.min() < np.iinfo(np.int16).min or wide.max() > np.iinfo(np.int16).max:
+                break
+            small[part] = wide
+        else:
+            return small
+    difference = np.empty(a.shape, dtype=np.float32)
+    for part in slabs(a):
+        np.subtract(a[part], b[part], out=difference[part], dtype=np.float32)
+    return difference
 
 
 def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:

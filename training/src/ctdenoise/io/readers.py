@@ -1,8 +1,9 @@
-"""Read CT volumes (DICOM series, folder or file; NIfTI; NRRD; MetaImage) as HU float32 [z, y, x].
+"""Read CT volumes (DICOM series, folder or file; NIfTI; NRRD; MetaImage) as HU [z, y, x].
 
 Pixels are decoded with SimpleITK (GDCM: JPEG 2000, JPEG-LS, RLE and uncompressed DICOM; each file's
 RescaleSlope/Intercept applied); DICOM headers, series selection and slice order come from pydicom
-(:mod:`ctdenoise.io.dicom`). Inputs are only ever opened for reading.
+(:mod:`ctdenoise.io.dicom`). Voxels are float32 HU, or with ``integer_hu=True`` whole-number HU kept
+in int16 (half the memory). Inputs are only ever opened for reading.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import SimpleITK as sitk
 
 from ctdenoise.errors import CTDenoiseError, warn
 from ctdenoise.io.dicom import DicomSeries, collect_series, read_header
-from ctdenoise.io.volume import Volume
+from ctdenoise.io.volume import Volume, nonfinite_voxels
 
 # Non-DICOM image formats by (lower-case) file extension.
 IMAGE_FORMATS = {
@@ -35,6 +36,7 @@ SUPPORTED_INPUTS = "a DICOM folder or file (.dcm, .IMA, no extension), .nii, .ni
 _DICOM_LIKE_SUFFIXES = ("", ".dcm", ".dicom", ".ima")
 _NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI datatype codes FLOAT32, FLOAT64
 _CHUNK_BYTES = 64 << 20
+_INT16 = np.iinfo(np.int16)
 
 
 @contextmanager
@@ -63,8 +65,8 @@ def itk_reason(exc: BaseException) -> str:
     return (lines[-1] if lines else type(exc).__name__)[:200]
 
 
-def read_volume(path: str | os.PathLike[str], *, series_uid: str | None = None) -> Volume:
-    """Read a CT volume as HU float32 ``[z, y, x]`` with its geometry and metadata.
+def read_volume(path: str | os.PathLike[str], *, series_uid: str | None = None, integer_hu: bool = False) -> Volume:
+    """Read a CT volume as HU ``[z, y, x]`` (float32 unless ``integer_hu``) with its geometry and metadata.
 
     Args:
         path: a folder holding a DICOM series (its own files only; subfolders are not searched), one
@@ -73,6 +75,12 @@ def read_volume(path: str | os.PathLike[str], *, series_uid: str | None = None) 
         series_uid: for a folder holding several series, the SeriesInstanceUID to read. Without it the
             CT series with the most slices is read and the others are named in
             ``metadata["warnings"]``; a tie for the most slices is refused rather than guessed.
+        integer_hu: keep whole-number HU in an integer array instead of float32 (half the memory
+            for int16): integer NIfTI/NRRD/MetaImage voxels (int16 when they fit, else their own
+            type) and DICOM series whose every slice holds whole HU within int16. Float images,
+            NIfTI rescaled by scl_slope/scl_inter (ITK makes those float) and other DICOM series stay
+            float32. The HU are the same either way; :meth:`~ctdenoise.inference.Denoiser.file`
+            reads this way.
 
     What looked wrong but could be read (other series ignored, uneven slice gaps, gantry tilt) is
     listed in ``metadata["warnings"]`` and emitted as :class:`~ctdenoise.errors.CTDenoiseWarning`.
@@ -90,11 +98,11 @@ def read_volume(path: str | os.PathLike[str], *, series_uid: str | None = None) 
     if not source.exists():
         raise CTDenoiseError(f"input {source} does not exist: check the path ({SUPPORTED_INPUTS})")
     if source.is_dir():
-        volume = _read_dicom_folder(source, series_uid)
+        volume = _read_dicom_folder(source, series_uid, integer_hu)
     elif image_suffix(source) in IMAGE_FORMATS:
-        volume = _read_itk_image(source, IMAGE_FORMATS[image_suffix(source)])
+        volume = _read_itk_image(source, IMAGE_FORMATS[image_suffix(source)], integer_hu)
     else:
-        volume = _read_dicom_file(source, series_uid)
+        volume = _read_dicom_file(source, series_uid, integer_hu)
     volume.metadata["source_path"] = str(source.absolute())
     _check_values(volume, source)
     for message in volume.metadata["warnings"]:
@@ -105,7 +113,7 @@ def read_volume(path: str | os.PathLike[str], *, series_uid: str | None = None) 
 # ------------------------------------------------------------------------------------------ DICOM
 
 
-def _read_dicom_folder(folder: Path, series_uid: str | None) -> Volume:
+def _read_dicom_folder(folder: Path, series_uid: str | None, integer_hu: bool) -> Volume:
     """The CT series held directly in ``folder``."""
     entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     files = [p for p in entries if p.is_file()]
@@ -114,7 +122,7 @@ def _read_dicom_folder(folder: Path, series_uid: str | None) -> Volume:
     found = [(p, h) for p, h in ((p, read_header(p)) for p in files) if h is not None]
     if not found:
         raise CTDenoiseError(f"input folder {folder} holds no DICOM images{_folder_hint(entries)}")
-    return _series_volume(collect_series(found, folder, series_uid))
+    return _series_volume(collect_series(found, folder, series_uid), integer_hu)
 
 
 def _folder_hint(entries: list[Path]) -> str:
@@ -128,7 +136,7 @@ def _folder_hint(entries: list[Path]) -> str:
     return f": pass a DICOM series folder or a CT image file ({SUPPORTED_INPUTS})"
 
 
-def _read_dicom_file(path: Path, series_uid: str | None) -> Volume:
+def _read_dicom_file(path: Path, series_uid: str | None, integer_hu: bool) -> Volume:
     """One DICOM file as a one-slice volume (its folder is not read)."""
     header = read_header(path)
     if header is None:
@@ -136,13 +144,13 @@ def _read_dicom_file(path: Path, series_uid: str | None) -> Volume:
         if suffix in _DICOM_LIKE_SUFFIXES or suffix[1:].isdigit():
             raise CTDenoiseError(f"input {path} is not a readable DICOM image: pass a CT image ({SUPPORTED_INPUTS})")
         raise CTDenoiseError(f"input {path} has the unsupported file type '{suffix}': pass {SUPPORTED_INPUTS}")
-    return _series_volume(collect_series([(path, header)], path, series_uid))
+    return _series_volume(collect_series([(path, header)], path, series_uid), integer_hu)
 
 
-def _series_volume(series: DicomSeries) -> Volume:
-    """Decode every slice of an ordered series into one HU volume."""
+def _series_volume(series: DicomSeries, integer_hu: bool) -> Volume:
+    """Decode every slice of an ordered series into one HU volume (int16 while every slice fits, if ``integer_hu``)."""
     rows, cols = int(series.headers[0].Rows), int(series.headers[0].Columns)
-    array = np.empty((len(series.files), rows, cols), dtype=np.float32)
+    array = np.empty((len(series.files), rows, cols), dtype=np.int16 if integer_hu else np.float32)
     with quiet_itk():
         for index, (path, header) in enumerate(zip(series.files, series.headers)):
             try:
@@ -159,15 +167,22 @@ def _series_volume(series: DicomSeries) -> Volume:
                 raise CTDenoiseError(
                     f"{path} decodes to {pixels.shape} pixels, not {rows}x{cols}: the file is damaged; re-export it"
                 )
+            if array.dtype == np.int16 and not _whole_int16(pixels):
+                array = array.astype(np.float32)
             array[index] = pixels.reshape(rows, cols)
     return Volume(array, series.spacing, series.origin, series.direction, series.metadata)
+
+
+def _whole_int16(values: np.ndarray) -> bool:
+    """Whether every value is a whole number within int16 (for one slice: it makes a temporary)."""
+    return bool(values.min() >= _INT16.min and values.max() <= _INT16.max and np.array_equal(values, np.rint(values)))
 
 
 # --------------------------------------------------------------------------------- NIfTI, NRRD, MHA
 
 
-def _read_itk_image(path: Path, fmt: str) -> Volume:
-    """A NIfTI/NRRD/MetaImage file as a volume (2-D becomes one slice)."""
+def _read_itk_image(path: Path, fmt: str, integer_hu: bool) -> Volume:
+    """A NIfTI/NRRD/MetaImage file as a volume (2-D becomes one slice); one copy of the voxels at a time."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.SetImageIO(_IMAGE_IO[fmt])  # ITK matches extensions case-sensitively: name the reader ourselves
@@ -187,16 +202,18 @@ def _read_itk_image(path: Path, fmt: str) -> Volume:
     if fmt == "nifti":
         _refuse_nonfinite(path, _nifti_nonfinite_voxels(path))
     image = _as_3d(image, path)
+    spacing = tuple(float(v) for v in image.GetSpacing())
+    origin = tuple(float(v) for v in image.GetOrigin())
+    direction = tuple(float(v) for v in image.GetDirection())
     array = sitk.GetArrayFromImage(image)
+    del image  # the image's own buffer goes before any conversion
     if np.iscomplexobj(array):
         raise CTDenoiseError(f"input {path} holds complex values: pass a real-valued CT volume in HU")
-    return Volume(
-        array.astype(np.float32, copy=False),
-        tuple(float(v) for v in image.GetSpacing()),  # type: ignore[arg-type]
-        tuple(float(v) for v in image.GetOrigin()),  # type: ignore[arg-type]
-        tuple(float(v) for v in image.GetDirection()),
-        {"format": fmt, "warnings": []},
-    )
+    if not integer_hu or array.dtype.kind not in "iu":
+        array = array.astype(np.float32, copy=False)
+    elif array.dtype != np.int16 and array.min() >= _INT16.min and array.max() <= _INT16.max:
+        array = array.astype(np.int16)
+    return Volume(array, spacing, origin, direction, {"format": fmt, "warnings": []})  # type: ignore[arg-type]
 
 
 def _as_3d(image: sitk.Image, path: Path) -> sitk.Image:
@@ -268,5 +285,5 @@ def _refuse_nonfinite(path: Path, bad: int) -> None:
 
 def _check_values(volume: Volume, path: Path) -> None:
     """Refuse non-finite voxels (whether the values are HU is :mod:`ctdenoise.hu`'s question)."""
-    _refuse_nonfinite(path, int(np.size(volume.array) - np.count_nonzero(np.isfinite(volume.array))))
+    _refuse_nonfinite(path, nonfinite_voxels(volume.array))
     volume.metadata.setdefault("warnings", [])

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
+
+SLAB_VOXELS = 1 << 22
+"""Voxels per slab when a whole volume is scanned or converted piece by piece (16 slices of 512x512)."""
 
 
 @dataclass
@@ -13,7 +16,8 @@ class Volume:
     """A CT volume in Hounsfield units.
 
     Attributes:
-        array: float32 voxels in HU, indexed ``[z, y, x]`` (slice, row, column).
+        array: voxels in HU, indexed ``[z, y, x]`` (slice, row, column): float32, or an integer
+            type (int16 for most CT) from ``read_volume(..., integer_hu=True)``.
         spacing: voxel size in mm as ``(x, y, z)`` (ITK order).
         origin: position of the first voxel in mm, LPS patient coordinates, ``(x, y, z)``.
         direction: 3x3 direction cosines, row-major, 9 floats (ITK convention: column j is the
@@ -52,3 +56,29 @@ class Volume:
         if array.shape != self.array.shape:
             raise ValueError(f"shape {array.shape} differs from the volume's {self.array.shape}")
         return replace(self, array=array, metadata={**self.metadata, **metadata})
+
+
+def slabs(array: np.ndarray, voxels: int = SLAB_VOXELS) -> Iterator[slice]:
+    """Consecutive ranges of whole slices (first axis) of ``array``, each about ``voxels`` voxels or one slice.
+
+    For scanning or converting a volume without a whole-volume temporary.
+
+    Examples:
+        >>> list(slabs(np.zeros((5, 2, 2)), voxels=8))
+        [slice(0, 2, None), slice(2, 4, None), slice(4, 5, None)]
+    """
+    step = max(1, voxels // max(1, int(np.prod(array.shape[1:]))))
+    for start in range(0, array.shape[0], step):
+        yield slice(start, min(start + step, array.shape[0]))
+
+
+def nonfinite_voxels(array: np.ndarray) -> int:
+    """How many voxels are NaN or infinite (none in an integer array), counted slab by slab.
+
+    Examples:
+        >>> nonfinite_voxels(np.array([[[0.0, np.nan, np.inf]]])), nonfinite_voxels(np.zeros((1, 2, 2), np.int16))
+        (2, 0)
+    """
+    if array.dtype.kind not in "fc":
+        return 0
+    return sum(int(array[part].size - np.count_nonzero(np.isfinite(array[part]))) for part in slabs(array))

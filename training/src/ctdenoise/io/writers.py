@@ -3,7 +3,9 @@
 Storage type: voxels are rounded to whole HU and stored as int16 whenever they fit (-32768..32767),
 which is how CT is stored everywhere (DICOM keeps integer values too; rounding moves a voxel by at
 most 0.5 HU). Only a volume whose rounded values do not fit int16 is written as float32 (image files)
-or with a shifted RescaleIntercept (DICOM).
+or with a shifted RescaleIntercept (DICOM). Conversions go slab by slab or slice by slice: an int16
+volume is written to NIfTI or DICOM without a whole-volume copy (ITK writes the NIfTI header, the
+voxels are streamed after it), to NRRD and MetaImage with one (ITK's image).
 
 Every output is assembled in a hidden staging folder next to the target and moved into place with
 ``os.replace`` at the end, so an error during assembly leaves nothing. A DICOM series folder and a
@@ -15,8 +17,10 @@ are never overwritten.
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
+import struct
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,10 +33,13 @@ import SimpleITK as sitk
 from ctdenoise.errors import CTDenoiseError
 from ctdenoise.io.dicom import NewSeries, derived_slice, new_ct_slice, new_series, read_header, set_padding
 from ctdenoise.io.readers import IMAGE_FORMATS, image_suffix, itk_reason, quiet_itk
-from ctdenoise.io.volume import Volume
+from ctdenoise.io.volume import Volume, nonfinite_voxels, slabs
 
 _INT16 = np.iinfo(np.int16)
 _GRID_TOLERANCE = 1e-3
+_NIFTI1_SIZE_LIMIT = 32767  # a NIfTI-1 header holds each size in a short
+_NIFTI_INT16 = 4  # NIfTI datatype code
+_NIFTI_GZIP_LEVEL = 3  # about the speed and size of ITK's own .nii.gz writer
 SUPPORTED_OUTPUTS = (
     ".nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd, or for a DICOM series folder a path without extension or "
     "ending in digits (a UID such as 1.2.840.113619)"
@@ -126,7 +133,7 @@ def write_volume(
         ('copy.nrrd', True)
     """
     target = validate_output_path(path, volume, reference)
-    if not np.isfinite(volume.array).all():
+    if nonfinite_voxels(volume.array):
         raise CTDenoiseError(f"cannot write {target}: the volume has NaN or infinite voxels; fix them first")
     target.parent.mkdir(parents=True, exist_ok=True)
     if _is_dicom_output(target):
@@ -139,10 +146,15 @@ def write_volume(
 
 
 def storage_array(hu: np.ndarray) -> np.ndarray:
-    """Rounded int16 HU when every value fits, else float32 (see the module docstring)."""
-    if np.rint(hu.min()) >= _INT16.min and np.rint(hu.max()) <= _INT16.max:
-        return np.rint(hu).astype(np.int16)
-    return hu.astype(np.float32)
+    """Rounded int16 HU when every value fits (``hu`` itself if int16), else float32 (see the module docstring)."""
+    if not (np.rint(hu.min()) >= _INT16.min and np.rint(hu.max()) <= _INT16.max):
+        return hu.astype(np.float32, copy=False)
+    if hu.dtype == np.int16:
+        return hu
+    stored = np.empty(hu.shape, dtype=np.int16)
+    for part in slabs(hu):
+        stored[part] = np.rint(hu[part]) if hu.dtype.kind == "f" else hu[part]
+    return stored
 
 
 def _is_dicom_output(target: Path) -> bool:
@@ -194,15 +206,15 @@ def _write_image(volume: Volume, target: Path, sources: set[str]) -> list[Path]:
     """
     suffix = image_suffix(target)
     staged_name = target.name[: len(target.name) - len(suffix)] + suffix
-    image = sitk.GetImageFromArray(storage_array(volume.array))
-    image.SetSpacing([float(v) for v in volume.spacing])
-    image.SetOrigin([float(v) for v in volume.origin])
-    image.SetDirection([float(v) for v in volume.direction])
+    stored = storage_array(volume.array)
+    streamed = suffix in (".nii", ".nii.gz") and stored.dtype == np.int16 and max(stored.shape) <= _NIFTI1_SIZE_LIMIT
     with _staging(target) as stage:
         try:
             with quiet_itk():
-                sitk.WriteImage(image, str(stage / staged_name), useCompression=suffix != ".nii")
-        except RuntimeError as exc:
+                if not streamed or not _write_nifti_int16(stored, volume, stage / staged_name):
+                    image = _itk_image(stored, volume)
+                    sitk.WriteImage(image, str(stage / staged_name), useCompression=suffix != ".nii")
+        except (RuntimeError, OSError) as exc:
             raise CTDenoiseError(
                 f"cannot write {target} ({itk_reason(exc)}): check the path and free disk space"
             ) from exc
@@ -215,18 +227,59 @@ def _write_image(volume: Volume, target: Path, sources: set[str]) -> list[Path]:
     return [target.parent / name for name in names]
 
 
-def _dicom_stored(hu: np.ndarray) -> tuple[np.ndarray, int]:
-    """Signed 16-bit stored values and the RescaleIntercept (0 unless the values need a shift)."""
-    rounded = np.rint(hu)
-    low, high = float(rounded.min()), float(rounded.max())
+def _itk_image(stored: np.ndarray, volume: Volume) -> sitk.Image:
+    """``stored`` as an ITK image (a copy) with the volume's spacing, origin and direction."""
+    image = sitk.GetImageFromArray(stored)
+    image.SetSpacing([float(v) for v in volume.spacing])
+    image.SetOrigin([float(v) for v in volume.origin])
+    image.SetDirection([float(v) for v in volume.direction])
+    return image
+
+
+def _write_nifti_int16(stored: np.ndarray, volume: Volume, path: Path) -> bool:
+    """Write int16 ``stored`` to a .nii/.nii.gz ``path`` without a whole-volume copy; False if ITK's header won't do.
+
+    ITK writes the header of the volume's first slice (same geometry fields as for the whole
+    volume); its slice count is set to the volume's and the voxels are streamed after it, gzipped
+    for ``.nii.gz``. The bytes equal ITK's own whole-volume output before compression.
+    """
+    proxy = path.with_name(".header.nii")
+    sitk.WriteImage(_itk_image(stored[:1], volume), str(proxy), useCompression=False)
+    data = proxy.read_bytes()
+    proxy.unlink()
+    nz, ny, nx = stored.shape
+    order = "<" if struct.unpack_from("<i", data)[0] == 348 else ">"
+    size, offset = struct.unpack_from(order + "i", data)[0], int(struct.unpack_from(order + "f", data, 108)[0])
+    dims, datatype = struct.unpack_from(order + "4h", data, 40), struct.unpack_from(order + "h", data, 70)[0]
+    if size != 348 or dims != (3, nx, ny, 1) or datatype != _NIFTI_INT16 or offset + 2 * ny * nx != len(data):
+        return False  # not the 3-D int16 NIfTI-1 header expected
+    header = bytearray(data[:offset])
+    struct.pack_into(order + "h", header, 46, nz)  # dim[3]
+    dtype = np.dtype(order + "i2")
+    with open(path, "wb") as raw:
+        stream = gzip.GzipFile("", "wb", _NIFTI_GZIP_LEVEL, raw, mtime=0) if path.suffix == ".gz" else raw
+        with stream:
+            stream.write(header)
+            for part in slabs(stored):
+                stream.write(np.ascontiguousarray(stored[part], dtype=dtype).data)
+    return True
+
+
+def _dicom_intercept(hu: np.ndarray) -> int:
+    """The RescaleIntercept that fits the rounded HU into signed 16 bits (0 unless they need a shift)."""
+    low, high = float(np.rint(hu.min())), float(np.rint(hu.max()))
     if low >= _INT16.min and high <= _INT16.max:
-        return rounded.astype(np.int16), 0
+        return 0
     if high - low > _INT16.max - _INT16.min:
         raise CTDenoiseError(
             f"cannot write DICOM: values span {low:g}..{high:g} HU, more than 16 bits hold; clip the volume to a HU range"
         )
-    intercept = int(low) - _INT16.min
-    return (rounded - intercept).astype(np.int16), intercept
+    return int(low) - _INT16.min
+
+
+def _dicom_stored(hu: np.ndarray, intercept: int) -> np.ndarray:
+    """One slice's signed 16-bit stored values: rounded HU minus ``intercept``."""
+    return (np.rint(hu) - intercept).astype(np.int16)
 
 
 def _write_dicom_series(volume: Volume, target: Path, reference: Volume | None, description: str | None) -> list[Path]:
@@ -243,7 +296,7 @@ def _write_dicom_series(volume: Volume, target: Path, reference: Volume | None, 
         )
     if reference is not None:
         _check_same_grid(volume, reference, target)
-    stored, intercept = _dicom_stored(volume.array)
+    intercept = _dicom_intercept(volume.array)
     digits = max(4, len(str(volume.shape[0])))
     with _staging(target) as stage:
         first = read_header(Path(files[0]), required=True) if files else None
@@ -256,9 +309,10 @@ def _write_dicom_series(volume: Volume, target: Path, reference: Volume | None, 
                         f"cannot write {target}: slice size {volume.shape[1:]} differs from its DICOM source "
                         f"{files[index]}; write .nii.gz instead"
                     )
-                dataset = derived_slice(header, stored[index], intercept, series)
+                dataset = derived_slice(header, _dicom_stored(volume.array[index], intercept), intercept, series)
             else:
-                dataset = _geometry_slice(volume, stored[index], intercept, series, index, source.metadata)
+                stored = _dicom_stored(volume.array[index], intercept)
+                dataset = _geometry_slice(volume, stored, intercept, series, index, source.metadata)
             set_padding(dataset, volume.metadata, intercept)
             dataset.save_as(
                 stage / f"{index + 1:0{digits}d}.dcm", implicit_vr=False, little_endian=True, enforce_file_format=True
