@@ -19,7 +19,7 @@ from ctdenoise.checkpoints import ModelCheckpoint, load_checkpoint
 from ctdenoise.errors import CTDenoiseError, DenoiseCancelled
 from ctdenoise.export import write_model
 from ctdenoise.inference import bundled_model_path, denoise_array, denoise_file, denoise_volume
-from ctdenoise.io import read_volume
+from ctdenoise.io import read_volume, writers
 from ctdenoise.modelfile import build_metadata
 from ctdenoise.networks import build_generator
 from ctdenoise.normalization import HUNormalization
@@ -431,7 +431,7 @@ def test_denoise_file_cancelled_leaves_nothing(
 def _fail_writing(monkeypatch: pytest.MonkeyPatch, name: str, before_failing: Callable[[], bool]) -> list[Path]:
     """Make ``write_volume`` fail for the output called ``name`` once ``before_failing()`` holds;
     other writes go through and are listed in the returned list."""
-    real = inference.write_volume
+    real = writers.write_volume
     written: list[Path] = []
 
     def write_volume(volume, path, **kwargs):  # type: ignore[no-untyped-def]
@@ -441,7 +441,7 @@ def _fail_writing(monkeypatch: pytest.MonkeyPatch, name: str, before_failing: Ca
         written.append(real(volume, path, **kwargs))
         return written[-1]
 
-    monkeypatch.setattr(inference, "write_volume", write_volume)
+    monkeypatch.setattr(writers, "write_volume", write_volume)
     return written
 
 

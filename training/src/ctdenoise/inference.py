@@ -30,8 +30,7 @@ import numpy as np
 
 from ctdenoise.errors import CTDenoiseError, DenoiseCancelled, warn
 from ctdenoise.hu import check_units, declared_padding, padding_threshold
-from ctdenoise.io import PADDING_KEYS, Volume, check_paths, read_volume, validate_output_path, write_volume
-from ctdenoise.io.volume import nonfinite_voxels, slabs
+from ctdenoise.io.volume import Volume, nonfinite_voxels, slabs
 from ctdenoise.modelfile import ModelDescription, read_model
 from ctdenoise.options import DenoiseOptions
 from ctdenoise.orientation import reorientation
@@ -119,6 +118,8 @@ class DenoiseResult:
 
         int16 when input and output are integer arrays and every difference fits it, else float32.
         """
+        from ctdenoise.io import PADDING_KEYS
+
         noise = self.source.with_array(_difference(self.source.array, self.volume.array))
         for key in PADDING_KEYS:  # the noise is 0 outside the scan field, not the padding value
             noise.metadata.pop(key, None)
@@ -322,7 +323,7 @@ class Denoiser:
         """Read a CT volume, denoise it and write the result (and optionally the removed noise).
 
         Everything that can be checked is checked before the long computation: the paths (see
-        :func:`check_paths`), the model, the device and the input. The format of each output
+        :func:`~ctdenoise.io.check_paths`), the model, the device and the input. The format of each output
         follows its path (see :func:`~ctdenoise.io.write_volume`); DICOM outputs copy the input's
         headers with a new series described as ``"<original> denoised (ctdenoise <preset>, strength
         s)"``. ``noise_output`` receives input minus output. On an error or a cancel nothing is left
@@ -332,6 +333,8 @@ class Denoiser:
         Returns:
             :meth:`DenoiseResult.summary` plus ``input``, ``output`` and ``noise_output``.
         """
+        from ctdenoise.io import check_paths, read_volume, validate_output_path
+
         started = time.perf_counter()
         source_path, output = Path(input_path), Path(output_path)
         noise = None if noise_output is None else Path(noise_output)
@@ -493,6 +496,8 @@ def _write_outputs(result: DenoiseResult, output: Path, noise_out: Optional[Path
     Undoing the noise output removes exactly the paths its write put in place (see ``created`` in
     :func:`~ctdenoise.io.write_volume`): a noise folder that existed empty is left empty.
     """
+    from ctdenoise.io import write_volume
+
     source, strength = result.source, result.options.strength
     written_noise = None
     noise_paths: list[Path] = []
