@@ -311,6 +311,8 @@ def worker_memory(
     source: Path, target: Path, runtime: str, device: str, checkpoint: Optional[str], network_slices: Optional[int]
 ) -> dict[str, Any]:
     """In this process, as ``ctdenoise denoise`` runs: memory once the runtime is open, then ``Denoiser.file``'s peaks."""
+    import ctdenoise.io.readers
+    import ctdenoise.io.writers  # noqa: F401  (their code, ITK and pydicom, is loaded before the baseline)
     from ctdenoise import DenoiseOptions, Denoiser
 
     denoiser = Denoiser(checkpoint, DenoiseOptions(runtime=runtime, device=device))

@@ -37,6 +37,7 @@ import json, sys
 from pathlib import Path
 import numpy as np
 from ctdenoise import DenoiseOptions, Denoiser
+import ctdenoise.io.readers, ctdenoise.io.writers  # their code (ITK, pydicom) is loaded before the baseline
 
 def status(field):
     line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field + ":"))
