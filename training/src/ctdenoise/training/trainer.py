@@ -143,7 +143,8 @@ class Trainer:
     def _init_process(self) -> None:
         """Process group under torchrun, CPU threads, device, autocast and HU normalisation."""
         config = self.config
-        if self.dist.world_size > 1 and not torch.distributed.is_initialized():
+        self.owns_process_group = self.dist.world_size > 1 and not torch.distributed.is_initialized()
+        if self.owns_process_group:
             backend = "nccl" if torch.cuda.is_available() and config.train.device != "cpu" else "gloo"
             torch.distributed.init_process_group(backend)
         if config.train.threads > 0:
@@ -384,6 +385,12 @@ class Trainer:
         share = fakes.shape[0]
         return pool.query(everything, rng)[self.dist.rank * share : (self.dist.rank + 1) * share]
 
+    def close(self) -> None:
+        """Leave the process group this trainer started (a group left open can abort the process at exit)."""
+        if self.owns_process_group and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+            self.owns_process_group = False
+
     def check_replicas_in_sync(self) -> None:
         """Under torchrun: verify every process holds the same weights (gradients were averaged)."""
         checksum = torch.stack(
@@ -497,9 +504,12 @@ def train(
         config.train.max_steps = int(max_steps)
     start = time.perf_counter()
     trainer = Trainer(config, Path(out_dir), resume=resume)
-    log = _RunLog(trainer) if trainer.dist.is_main else None
-    stopped = _run_steps(trainer, log, progress, cancel)
-    model_path = _finish(trainer, log, stopped)
+    try:
+        log = _RunLog(trainer) if trainer.dist.is_main else None
+        stopped = _run_steps(trainer, log, progress, cancel)
+        model_path = _finish(trainer, log, stopped)
+    finally:
+        trainer.close()
     return TrainResult(Path(out_dir), trainer.step, model_path, trainer.metrics, time.perf_counter() - start)
 
 
