@@ -25,6 +25,7 @@ import json
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -211,12 +212,14 @@ class Trainer:
         if self.dist.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            objective = DistributedDataParallel(
-                objective,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                broadcast_buffers=False,
-                gradient_as_bucket_view=True,
-            )
+            with warnings.catch_warnings():  # torch 2.13 renames the option; older versions lack the new name
+                warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+                objective = DistributedDataParallel(
+                    objective,
+                    device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                    broadcast_buffers=False,  # the only buffers are constant Gaussian kernels
+                    gradient_as_bucket_view=True,
+                )
         mode = self.config.train.compile
         return objective if mode == "off" else torch.compile(objective, mode=None if mode == "default" else mode)
 
