@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,17 @@ def data_dir() -> Path:
 def dicom_series_dir(data_dir: Path) -> Path:
     """20-slice JPEG 2000 abdomen CT series (Siemens, file names without a usual extension)."""
     return data_dir / "totalsegmentator" / "example_ct_dicom"
+
+
+@pytest.fixture(scope="session")
+def dicom_subset(dicom_series_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with 4 consecutive files of the real abdomen series (keeps the file tests fast)."""
+    from ctdenoise.io import read_volume
+
+    folder = tmp_path_factory.mktemp("series")
+    for source in sorted(dicom_series_dir.iterdir(), key=lambda p: read_volume(p).origin[2])[8:12]:
+        shutil.copy(source, folder / source.name)
+    return folder
 
 
 @pytest.fixture(scope="session")

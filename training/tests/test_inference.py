@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import pickle
-import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -98,15 +97,6 @@ def ct_int16() -> np.ndarray:
     yy, xx = np.mgrid[:128, :128] - 63.5
     array[:, np.hypot(yy, xx) > 66] = -3024
     return np.rint(array).astype(np.int16)
-
-
-@pytest.fixture(scope="module")
-def dicom_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder with 4 consecutive files of the real DICOM series (keeps the file tests fast)."""
-    folder = tmp_path_factory.mktemp("series")
-    for source in sorted(DICOM_SERIES.iterdir(), key=lambda p: read_volume(p).origin[2])[8:12]:
-        shutil.copy(source, folder / source.name)
-    return folder
 
 
 # ------------------------------------------------------------------------------ values and dtypes
