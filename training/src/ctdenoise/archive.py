@@ -232,7 +232,7 @@ def denoise_archive(
     that fails is recorded with its reason and the run goes on; a ``cancel()`` stops between
     batches, leaving the finished outputs (rerun to continue). ``out_dir/summary.json`` is written
     atomically at the end; a folder whose summary names another model or strength is refused, so
-    outputs are never mixed. With ``world_size`` > 1 (under ``torchrun``, see :func:`torchrun_rank`
+    outputs are never mixed. With ``world_size`` > 1 (under ``torchrun``, see :func:`~ctdenoise.devices.torchrun_rank`
     and :func:`rank_options`) this rank takes studies ``rank::world_size`` and rank 0 merges the
     ranks' summaries after a Gloo barrier.
 
@@ -450,25 +450,6 @@ def _write_summary(
 
 
 # -------------------------------------------------------------------------------------- torchrun
-
-
-def torchrun_rank() -> tuple[int, int, int]:
-    """``(rank, world_size, local_rank)`` from the environment ``torchrun`` sets; ``(0, 1, 0)`` outside it.
-
-    Examples:
-        >>> torchrun_rank()  # a plain process, not started by torchrun
-        (0, 1, 0)
-    """
-    values = []
-    for name, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)):
-        text = os.environ.get(name, "").strip()
-        try:
-            values.append(int(text) if text else default)
-        except ValueError:
-            raise CTDenoiseError(
-                f"{name}={text!r} in the environment is not an integer: launch with torchrun or unset it"
-            ) from None
-    return values[0], values[1], values[2]
 
 
 def rank_options(options: DenoiseOptions, local_rank: int) -> DenoiseOptions:

@@ -261,7 +261,8 @@ def _denoise_archive(args: argparse.Namespace) -> int:
     Under torchrun each process takes its share of the studies; rank 0 reports the merged summary
     and sets the exit status, the others exit 0 once their share is recorded.
     """
-    from ctdenoise.archive import SUMMARY_NAME, denoise_archive, rank_options, torchrun_rank
+    from ctdenoise.archive import SUMMARY_NAME, denoise_archive, rank_options
+    from ctdenoise.devices import torchrun_rank
     from ctdenoise.options import DenoiseOptions
 
     if args.noise_out is not None:

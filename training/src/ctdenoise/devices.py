@@ -1,7 +1,8 @@
 """The one device resolver of the engine (denoising, simulation and training) and device discovery.
 
-Only :func:`resolve_device` and :func:`describe_devices` import PyTorch; :func:`torch_available`
-and :func:`nvidia_driver_present` answer without it, so a CPU-only install can decide quickly.
+Only :func:`resolve_device` and :func:`describe_devices` import PyTorch; :func:`torch_available`,
+:func:`nvidia_driver_present` and :func:`torchrun_rank` answer without it, so a CPU-only install
+can decide quickly.
 """
 
 from __future__ import annotations
@@ -41,6 +42,25 @@ def apple_gpu_likely() -> bool:
     import platform
 
     return sys.platform == "darwin" and platform.machine() == "arm64"
+
+
+def torchrun_rank() -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` from the environment ``torchrun`` sets; ``(0, 1, 0)`` outside it.
+
+    Examples:
+        >>> torchrun_rank()  # a plain process, not started by torchrun
+        (0, 1, 0)
+    """
+    values = []
+    for name, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)):
+        text = os.environ.get(name, "").strip()
+        try:
+            values.append(int(text) if text else default)
+        except ValueError:
+            raise CTDenoiseError(
+                f"{name}={text!r} in the environment is not an integer: launch with torchrun or unset it"
+            ) from None
+    return values[0], values[1], values[2]
 
 
 def resolve_device(

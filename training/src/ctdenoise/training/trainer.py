@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-import os
 import random
 import time
 import warnings
@@ -70,10 +69,9 @@ class _Dist:
 
     @classmethod
     def from_env(cls) -> "_Dist":
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
-            return cls()
-        return cls(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+        from ctdenoise.devices import torchrun_rank
+
+        return cls(*torchrun_rank())
 
 
 def _select_device(requested: str, dist: _Dist) -> torch.device:
