@@ -30,13 +30,12 @@ from ctdenoise.errors import CTDenoiseError, CTDenoiseWarning, DenoiseCancelled
 from ctdenoise.fileutils import atomic_write
 from ctdenoise.inference import Denoiser, ModelLike
 from ctdenoise.io.dicom import read_header
-from ctdenoise.io.readers import IMAGE_FORMATS, image_suffix
+from ctdenoise.io.readers import IMAGE_FORMATS, dicom_like_name, image_suffix
 from ctdenoise.options import DenoiseOptions
 from ctdenoise.types import CancelCallback, PathLike
 
 SUMMARY_NAME = "summary.json"
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
-_DICOM_LIKE_SUFFIXES = ("", ".dcm", ".dicom", ".ima")
 _STUDY_TYPES = ".nii, .nii.gz, .nrrd, .nhdr, .mha or .mhd files and DICOM series folders"
 _BARRIER_TIMEOUT = timedelta(days=7)
 """How long a rank waits at the end for the slowest one (torchrun stops every rank if one dies)."""
@@ -128,10 +127,9 @@ def _raise(error: OSError) -> None:
 
 def _is_dicom_image(path: Path) -> bool:
     """Whether ``path`` is a DICOM image (a DICOMDIR or a report is not); only DICOM-like names are parsed without a preamble."""
-    suffix = image_suffix(path)
-    if suffix in IMAGE_FORMATS:
+    if image_suffix(path) in IMAGE_FORMATS:
         return False
-    if suffix not in _DICOM_LIKE_SUFFIXES and not suffix[1:].isdigit() and not _has_preamble(path):
+    if not dicom_like_name(path) and not _has_preamble(path):
         return False
     try:
         return read_header(path) is not None

@@ -56,6 +56,12 @@ def image_suffix(path: Path) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
 
 
+def dicom_like_name(path: Path) -> bool:
+    """Whether ``path`` has a name DICOM files carry: no extension, .dcm, .dicom, .ima or digits (a UID)."""
+    suffix = image_suffix(path)
+    return suffix in _DICOM_LIKE_SUFFIXES or suffix[1:].isdigit()
+
+
 def itk_reason(exc: BaseException) -> str:
     """The informative line of a SimpleITK exception, without ITK's file/line/object noise."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
@@ -140,10 +146,11 @@ def _read_dicom_file(path: Path, series_uid: str | None, integer_hu: bool) -> Vo
     """One DICOM file as a one-slice volume (its folder is not read)."""
     header = read_header(path)
     if header is None:
-        suffix = image_suffix(path)
-        if suffix in _DICOM_LIKE_SUFFIXES or suffix[1:].isdigit():
+        if dicom_like_name(path):
             raise CTDenoiseError(f"input {path} is not a readable DICOM image: pass a CT image ({SUPPORTED_INPUTS})")
-        raise CTDenoiseError(f"input {path} has the unsupported file type '{suffix}': pass {SUPPORTED_INPUTS}")
+        raise CTDenoiseError(
+            f"input {path} has the unsupported file type '{image_suffix(path)}': pass {SUPPORTED_INPUTS}"
+        )
     return _series_volume(collect_series([(path, header)], path, series_uid), integer_hu)
 
 
