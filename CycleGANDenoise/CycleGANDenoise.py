@@ -36,6 +36,8 @@ SETTINGS_PRESET = "CycleGANDenoise/WindowPreset"
 POLL_INTERVAL_MS = 100
 STRENGTH_DELAY_MS = 150
 PREVIEW_SLICES = 1
+AVERAGED_VIEWS = 8
+"""Views of each slice the module averages when "Average 8 mirrored and rotated views" is on."""
 PREVIEW_ATTRIBUTE = "CycleGANDenoise.PreviewOf"
 NOISE_WINDOW = (100.0, 0.0)
 """Window (width, level) of a removed-noise volume: about +-50 HU around 0."""
@@ -79,6 +81,7 @@ class CycleGANDenoiseParameterNode:
     outputVolume: where the result goes (a new volume named after the input when empty).
     noiseVolume: optional; receives what denoising removed (input minus output).
     strength: 0..1, the share of the model's change shown; changing it needs no new run.
+    averageViews: average the results of 8 mirrored and rotated views of each slice (8x slower).
     roi: the box in which the noise readout measures mean and standard deviation.
     """
 
@@ -86,6 +89,7 @@ class CycleGANDenoiseParameterNode:
     outputVolume: vtkMRMLScalarVolumeNode
     noiseVolume: vtkMRMLScalarVolumeNode
     strength: Annotated[float, WithinRange(0.0, 1.0)] = 1.0
+    averageViews: bool = False
     roi: vtkMRMLMarkupsROINode
 
 
@@ -315,6 +319,7 @@ class CycleGANDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     "checkpoint": self.selectedModel(),
                     "strength": node.strength,
                     "device": device,
+                    "tta": AVERAGED_VIEWS if node.averageViews else 1,
                     "waitForCompletion": False,
                     "progressCallback": self.onEngineEvent,
                     "completedCallback": self.onRunCompleted,
@@ -456,12 +461,13 @@ class DenoiseRun:
 
 
 class RunSettings:
-    """How a run goes: the model, strength and device, whether to wait, and whom to tell."""
+    """How a run goes: the model, strength, device and views, whether to wait, and whom to tell."""
 
-    def __init__(self, checkpoint, strength, device, waitForCompletion, progressCallback, completedCallback):
+    def __init__(self, checkpoint, strength, device, tta, waitForCompletion, progressCallback, completedCallback):
         self.checkpoint = checkpoint
         self.strength = strength
         self.device = device
+        self.tta = tta
         self.waitForCompletion = waitForCompletion
         self.progressCallback = progressCallback
         self.completedCallback = completedCallback
@@ -689,6 +695,7 @@ class CycleGANDenoiseLogic(ScriptedLoadableModuleLogic):
         strength: float = 1.0,
         device: str = "auto",
         noiseNode=None,
+        tta: int = 1,
         waitForCompletion: bool = True,
         progressCallback: Optional[Callable] = None,
         completedCallback: Optional[Callable] = None,
@@ -702,6 +709,7 @@ class CycleGANDenoiseLogic(ScriptedLoadableModuleLogic):
             strength: 0..1, applied by blending (the full-strength result is kept for :meth:`setStrength`).
             device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
             noiseNode: optional volume that receives input minus output.
+            tta: views of each slice averaged: 1, 2, 4 or 8 (mirrors and 90-degree turns; that many times slower).
             waitForCompletion: block (processing Slicer's events) until the run ends.
             progressCallback: called with each engine event (progress, warning, done, error).
             completedCallback: called with the run when it ends.
@@ -716,7 +724,9 @@ class CycleGANDenoiseLogic(ScriptedLoadableModuleLogic):
             raise ValueError(
                 _("The output and the removed-noise volumes must differ from each other and from the input.")
             )
-        settings = RunSettings(checkpoint, strength, device, waitForCompletion, progressCallback, completedCallback)
+        settings = RunSettings(
+            checkpoint, strength, device, tta, waitForCompletion, progressCallback, completedCallback
+        )
         array = slicer.util.arrayFromVolume(inputNode)
         return self._run(inputNode, array, self._ijkToRAS(inputNode), outputNode, noiseNode, None, settings)
 
@@ -727,6 +737,7 @@ class CycleGANDenoiseLogic(ScriptedLoadableModuleLogic):
         checkpoint=None,
         strength: float = 1.0,
         device: str = "auto",
+        tta: int = 1,
         waitForCompletion: bool = True,
         progressCallback: Optional[Callable] = None,
         completedCallback: Optional[Callable] = None,
@@ -749,7 +760,9 @@ class CycleGANDenoiseLogic(ScriptedLoadableModuleLogic):
         ijk = rasToIJK.MultiplyPoint([*worldToLocal.TransformPoint(list(rasPosition)), 1.0])
         index = int(round(ijk[2 - axis]))
         voxels, slabToRAS, where = slab(array, ijkToRAS, axis, index, PREVIEW_SLICES)
-        settings = RunSettings(checkpoint, strength, device, waitForCompletion, progressCallback, completedCallback)
+        settings = RunSettings(
+            checkpoint, strength, device, tta, waitForCompletion, progressCallback, completedCallback
+        )
         return self._run(inputNode, voxels, slabToRAS, self._previewNode(inputNode), None, (axis, where), settings)
 
     def _previewNode(self, inputNode):
@@ -770,7 +783,7 @@ class CycleGANDenoiseLogic(ScriptedLoadableModuleLogic):
 
         from ctdenoise.options import DenoiseOptions
 
-        options = DenoiseOptions(strength=float(settings.strength), device=settings.device)
+        options = DenoiseOptions(strength=float(settings.strength), device=settings.device, tta=int(settings.tta))
         folder = Path(slicer.util.tempDirectory("CycleGANDenoise"))
         try:
             source = write_volume_file(voxels, ijkToRAS, folder / "input.nrrd")
@@ -1002,6 +1015,7 @@ class CycleGANDenoiseTest(ScriptedLoadableModuleTest):
         """Run every case."""
         for case in (
             self.test_DenoiseKeepsGeometryAndLowersNoise,
+            self.test_AveragedViewsDoNotDependOnMirroring,
             self.test_CancelLeavesNoNodeAndNoFiles,
             self.test_ModelThatIsNotAModelIsRefused,
         ):
@@ -1043,6 +1057,20 @@ class CycleGANDenoiseTest(ScriptedLoadableModuleTest):
         self.assertLess(abs(float(after[liver].mean()) - float(before[liver].mean())), 3.0)
         logic.setStrength(outputNode, 0.0)
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(outputNode), before)
+        self.delayDisplay("Test passed")
+
+    def test_AveragedViewsDoNotDependOnMirroring(self):
+        """With 8 averaged views, the result of the left-right mirrored input is the mirrored result."""
+        import numpy as np
+
+        self.delayDisplay("Denoising a CT and its mirror image, averaging 8 views")
+        inputNode = self._sample()
+        mirroredNode = slicer.modules.volumes.logic().CloneVolume(slicer.mrmlScene, inputNode, "mirrored")
+        slicer.util.updateVolumeFromArray(mirroredNode, slicer.util.arrayFromVolume(inputNode)[:, :, ::-1].copy())
+        logic = CycleGANDenoiseLogic()
+        plain = slicer.util.arrayFromVolume(logic.denoise(inputNode, device="cpu", tta=AVERAGED_VIEWS)).copy()
+        mirrored = slicer.util.arrayFromVolume(logic.denoise(mirroredNode, device="cpu", tta=AVERAGED_VIEWS))
+        self.assertLessEqual(float(np.abs(mirrored[:, :, ::-1].astype(float) - plain).max()), 1.0)  # int16 rounding
         self.delayDisplay("Test passed")
 
     def test_CancelLeavesNoNodeAndNoFiles(self):

@@ -59,7 +59,7 @@ def test_the_examples_in_docstrings_run(module: str, monkeypatch: pytest.MonkeyP
     [
         DenoiseOptions(),
         DenoiseOptions(strength=0.35, device="cuda:1", batch_size=3),
-        DenoiseOptions(runtime="torch", precision="fp32", tile_size=128, force=True),
+        DenoiseOptions(runtime="torch", precision="fp32", tile_size=128, force=True, tta=8),
     ],
 )
 def test_options_round_trip_through_the_command_line(options: DenoiseOptions) -> None:

@@ -205,6 +205,8 @@ def test_invalid_options_and_arrays_are_refused(random_model: ModelCheckpoint, c
         ({"runtime": "tpu"}, "runtime"),
         ({"precision": "fp8"}, "precision"),
         ({"force": "yes"}, "force"),
+        ({"tta": 3}, "tta must be one of 1, 2, 4, 8"),
+        ({"tta": True}, "tta"),
     ):
         with pytest.raises(CTDenoiseError, match=message):
             opts(**options)
@@ -221,6 +223,43 @@ def test_non_finite_input_is_refused(random_model: ModelCheckpoint, ct_int16: np
     hu[3, 5, 5] = bad
     with pytest.raises(CTDenoiseError, match="NaN or infinite"):
         denoise_array(hu, random_model, CPU)
+
+
+# ------------------------------------------------------------------------ test-time augmentation
+
+MIRROR = (lambda a: a[..., ::-1], lambda a: a[..., ::-1])
+TURN = (lambda a: np.rot90(a, 1, axes=(-2, -1)), lambda a: np.rot90(a, -1, axes=(-2, -1)))
+MIRROR_TURN = (lambda a: np.rot90(a[..., ::-1], 1, axes=(-2, -1)), lambda a: np.rot90(a, -1, axes=(-2, -1))[..., ::-1])
+
+
+@pytest.mark.parametrize(
+    ("copies", "exact", "inexact"),
+    [(1, [], [MIRROR, TURN]), (2, [MIRROR], [TURN]), (8, [MIRROR, TURN, MIRROR_TURN], [])],
+)
+def test_tta_makes_the_result_independent_of_its_views(
+    models: dict[str, Path], ct_int16: np.ndarray, runtime: str, copies: int, exact: list, inexact: list
+) -> None:
+    # a non-square crop whose sides are not multiples of 4: turning swaps them, padding differs
+    hu = np.ascontiguousarray(ct_int16[:2, 5:123, 9:111], dtype=np.float32)
+    model, options = models["random"], opts(runtime, tta=copies)
+    plain = denoise_array(hu, model, options)
+    for forward, back in exact:
+        viewed = denoise_array(np.ascontiguousarray(forward(hu)), model, options)
+        np.testing.assert_allclose(back(viewed), plain, atol=0.02)  # HU: float rounding only
+    for forward, back in inexact:  # the random network itself does depend on the view
+        viewed = denoise_array(np.ascontiguousarray(forward(hu)), model, options)
+        assert np.abs(back(viewed) - plain).max() > 1.0
+
+
+def test_tta_averages_the_views_changes(random_model: ModelCheckpoint, ct_int16: np.ndarray) -> None:
+    hu = ct_int16[:1].astype(np.float32)
+    plain = denoise_array(hu, random_model, CPU) - hu
+    mirrored = denoise_array(np.ascontiguousarray(hu[..., ::-1]), random_model, CPU)[..., ::-1] - hu
+    averaged = denoise_array(hu, random_model, opts(tta=2)) - hu
+    # the limit (500 HU), the padding and the input's minimum apply to the average, not to each view
+    free = (np.abs(plain) < 400) & (np.abs(mirrored) < 400) & (hu > -1000) & (hu + averaged > hu.min() + 1)
+    assert free.mean() > 0.3
+    np.testing.assert_allclose(averaged[free], ((plain + mirrored) / 2)[free], atol=0.02)
 
 
 # ------------------------------------------------------------------- batching, memory and tiling

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, NoReturn, Optional, Sequence
 
 from ctdenoise import __version__
 from ctdenoise.errors import CTDenoiseError, CTDenoiseWarning, DenoiseCancelled
-from ctdenoise.options import add_cli_arguments
+from ctdenoise.options import TTA_COPIES, add_cli_arguments
 from ctdenoise.progress import event_json
 
 
@@ -393,14 +393,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise CTDenoiseError(f"{len(names)} --names for {len(args.model)} --model: give one name per model")
     cases = load_cases(args.full, args.low, dose=args.dose, seed=args.seed, max_slices=args.max_slices)
     models = [(name, None if m == "bundled" else m) for name, m in zip(names, args.model)]
-    steps = len(cases) * (len(models) + len(args.baselines))
+    steps = len(cases) * (len(models) * len(args.tta) + len(args.baselines))
     with tqdm(total=steps, unit="run", disable=args.quiet) as bar:
 
         def progress(what: str) -> None:
             bar.set_postfix_str(what)
             bar.update(1)
 
-        report = evaluate(cases, models, args.baselines, device=args.device, progress=progress)
+        report = evaluate(cases, models, args.baselines, device=args.device, tta=args.tta, progress=progress)
     files = write_report(report, out)
     print(markdown(report), end="")
     print(f"wrote {', '.join(str(f) for f in files)}")
@@ -819,6 +819,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the simulation (default 0)")
     p.add_argument("--max-slices", type=int, default=8, help="evenly spread slices per volume (default 8; 0: all)")
     p.add_argument("--device", default="cpu", help="device for the models (default cpu)")
+    p.add_argument(
+        "--tta",
+        type=int,
+        nargs="+",
+        default=[1],
+        choices=TTA_COPIES,
+        help="run each model with each of these test-time augmentations (1, 2, 4, 8; default 1)",
+    )
     p.add_argument("--out", required=True, help="folder for report.json, report.md and the figures")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_evaluate)

@@ -6,10 +6,13 @@ overall, for the low-dose input, every model and every baseline (:mod:`ctdenoise
 - PSNR and SSIM in the [-160, 240] HU window (data range 400; MONAI's Gaussian SSIM 11x11, sigma 1.5)
   and over [-1024, 3072] (data range 4096); RMSE in HU;
 - noise std (above the anatomy band, :func:`ctdenoise.noise.band_noise_std`) and mean HU shift
-  against the reference, in flat soft-tissue patches found automatically in the reference;
+  against the reference, in flat soft-tissue patches found automatically in the reference, and the
+  noise std in flat bright patches (150-700 HU: contrast-filled vessels, enhanced organs);
 - the noise power spectrum of what each method removed (input minus output), its mean frequency, and
   the share of the true noise's power (input minus reference) it removed at low and high frequency;
-- how much anatomy leaks into the removed noise (:func:`edge_correlation`), and seconds per slice.
+- how much anatomy leaks into the removed noise (:func:`edge_correlation`), and seconds per slice;
+- for models, how much the output changes when the anatomy is mirrored and turned a quarter
+  (:func:`consistency`): a denoiser should not depend on which way the patient lies.
 
 No-reference mode (a low-dose scan alone, what most users have): flat-tissue noise ratio output /
 input, mean HU shift, edge correlation of the removed noise and seconds per slice.
@@ -42,6 +45,8 @@ from ctdenoise.noise import (
     smooth,
 )
 
+BRIGHT_HU = (150.0, 700.0)
+"""Flat bright tissue (contrast-filled vessels, enhanced parenchyma) in the smoothed image."""
 WINDOW = (-160.0, 240.0)
 FULL_RANGE = (-1024.0, 3072.0)
 INPUT = "low dose (input)"
@@ -123,6 +128,20 @@ def edge_correlation(removed: np.ndarray, image: np.ndarray) -> float:
     return float(np.corrcoef(energy[body], np.hypot(gy, gx)[body])[0, 1])
 
 
+def consistency(run: Callable[[np.ndarray], np.ndarray], low: np.ndarray, output: np.ndarray) -> dict[str, float]:
+    """How far ``run`` on the mirrored, quarter-turned slices, turned back, lies from ``output``.
+
+    Returns the 99.9th percentile and the largest absolute difference in HU over all voxels.
+    """
+    view = np.ascontiguousarray(np.rot90(low[..., ::-1], 1, axes=(1, 2)))
+    back = np.rot90(run(view), -1, axes=(1, 2))[..., ::-1]
+    difference = np.abs(back - output)
+    return {
+        "consistency_p999_hu": float(np.percentile(difference, 99.9)),
+        "consistency_max_hu": float(difference.max()),
+    }
+
+
 def _band_power(frequency: np.ndarray, nps: np.ndarray, low: float, high: float) -> float:
     keep = (frequency >= low) & (frequency < high)
     return float(np.sum(nps[keep] * frequency[keep]))
@@ -136,16 +155,19 @@ class _CaseNoise:
     patches: Optional[FlatPatches]
     input_noise: Optional[float]
     true_nps: Optional[tuple[np.ndarray, np.ndarray]]
+    bright: Optional[FlatPatches] = None
 
 
 def _case_noise(case: Case) -> _CaseNoise:
-    patches = find_flat_patches(case.full if case.full is not None else case.low, spacing_mm=case.spacing)
+    image = case.full if case.full is not None else case.low
+    patches = find_flat_patches(image, spacing_mm=case.spacing)
+    bright = find_flat_patches(image, tissue_hu=BRIGHT_HU, spacing_mm=case.spacing)
     if patches is None:
-        return _CaseNoise(None, None, None)
+        return _CaseNoise(None, None, None, bright)
     true_nps = None
     if case.full is not None:
         true_nps = noise_power_spectrum(case.low - case.full, case.spacing, patches)
-    return _CaseNoise(patches, band_noise_std(case.low, case.spacing, patches), true_nps)
+    return _CaseNoise(patches, band_noise_std(case.low, case.spacing, patches), true_nps, bright)
 
 
 def _method_row(case: Case, output: np.ndarray, noise: _CaseNoise, seconds: float) -> dict[str, Any]:
@@ -164,6 +186,8 @@ def _method_row(case: Case, output: np.ndarray, noise: _CaseNoise, seconds: floa
             row[f"psnr{key}"], row[f"ssim{key}"] = quality["psnr"], quality["ssim"]
             row["rmse_hu"] = quality["rmse_hu"]
         row["psnr_per_slice"] = [image_quality(o, f, WINDOW)["psnr"] for o, f in zip(output, case.full)]
+    if noise.bright is not None:
+        row["bright_noise_hu"] = band_noise_std(output, case.spacing, noise.bright)
     patches = noise.patches
     if patches is not None:
         row["noise_hu"] = band_noise_std(output, case.spacing, patches)
@@ -191,11 +215,13 @@ def evaluate(
     baselines: Sequence[str] = BASELINES,
     *,
     device: str = "cpu",
+    tta: Sequence[int] = (1,),
     progress: Optional[Callable[[str], None]] = None,
 ) -> dict[str, Any]:
     """Run every model and baseline on every case; per-volume rows and slice-weighted overall means.
 
-    ``models`` are ``(name, model)`` pairs (a path, or None for the bundled model). The Gaussian
+    ``models`` are ``(name, model)`` pairs (a path, or None for the bundled model), each run once per
+    test-time augmentation in ``tta`` (see :class:`~ctdenoise.options.DenoiseOptions`). The Gaussian
     baseline is matched to the first model's flat-tissue noise (skipped without a model).
     """
     from ctdenoise.inference import Denoiser
@@ -204,7 +230,11 @@ def evaluate(
     unknown = sorted(set(baselines) - set(BASELINES))
     if unknown:
         raise CTDenoiseError(f"unknown baseline(s) {', '.join(unknown)}: choose from {', '.join(BASELINES)}")
-    denoisers = [(name, Denoiser(model, DenoiseOptions(device=device))) for name, model in models]
+    denoisers = [
+        (name if copies == 1 else f"{name}, TTA x{copies}", Denoiser(model, DenoiseOptions(device=device, tta=copies)))
+        for name, model in models
+        for copies in tta
+    ]
     volumes: dict[str, Any] = {}
     for case in cases:
         noise = _case_noise(case)
@@ -215,12 +245,14 @@ def evaluate(
         ]
         sigma = blind_sigma(case.low, case.spacing)
         runs += [(name, baseline(name, sigma), {"blind_sigma_hu": sigma}) for name in baselines if name != "gaussian"]
-        for name, run, extra in runs:
+        for number, (name, run, extra) in enumerate(runs):
             if progress:
                 progress(f"{case.name}: {name}")
             started = time.perf_counter()
             outputs[name] = run(case.low)
             rows[name] = {**_method_row(case, outputs[name], noise, time.perf_counter() - started), **extra}
+            if number < len(denoisers):
+                rows[name].update(consistency(run, case.low, outputs[name]))
         if "gaussian" in baselines and denoisers and noise.patches is not None:
             if progress:
                 progress(f"{case.name}: gaussian")
@@ -272,10 +304,13 @@ COLUMNS = [
     ("rmse_hu", "RMSE HU", "{:.1f}"),
     ("noise_hu", "flat noise HU", "{:.1f}"),
     ("noise_ratio", "noise out/in", "{:.2f}"),
+    ("bright_noise_hu", "bright flat noise HU", "{:.1f}"),
     ("mean_shift_hu", "mean shift HU", "{:+.1f}"),
     ("removed_share_low", "removed low-f share", "{:.2f}"),
     ("removed_share_high", "removed high-f share", "{:.2f}"),
     ("edge_correlation", "edge corr. of removed", "{:.2f}"),
+    ("consistency_p999_hu", "mirror/turn diff p99.9 HU", "{:.1f}"),
+    ("consistency_max_hu", "mirror/turn diff max HU", "{:.0f}"),
     ("seconds_per_slice", "s/slice", "{:.2f}"),
 ]
 

@@ -135,6 +135,7 @@ class DenoiseResult:
             "device": self.device,
             "precision": self.precision,
             "strength": self.options.strength,
+            "tta": self.options.tta,
             "clamped_voxels": self.clamped_voxels,
             "padding_voxels": self.padding_voxels,
             "warnings": list(self.warnings),
@@ -219,16 +220,18 @@ class Denoiser:
         multiple = self.model.size_multiple
         normalization = self.model.normalization
         scale, limit = np.float32(normalization.scale), np.float32(self.model.change_limit_hu)
+        copies = self.options.tta
         total, done, started = slices.shape[0], 0, time.perf_counter()
         while done < total:
             if cancel is not None and cancel():
                 raise DenoiseCancelled("denoising cancelled: no output was written")
             stop = min(done + runtime.batch_size, total)
             hu = np.ascontiguousarray(slices[done:stop], dtype=np.float32)
-            change = runtime.change(pad_to_multiple(normalization.normalize(hu)[:, None].astype(np.float32), multiple))
+            change = _averaged_change(
+                runtime, normalization.normalize(hu)[:, None].astype(np.float32), copies, multiple
+            )
             if change is None:  # out of memory: the runtime adjusted itself, retry the same slices
                 continue
-            change = change[:, : hu.shape[1], : hu.shape[2]]
             change *= scale
             over = np.abs(change) > limit
             np.clip(change, -limit, limit, out=change)
@@ -355,6 +358,32 @@ class Denoiser:
             **result.summary(),
             "seconds": round(time.perf_counter() - started, 3),
         }
+
+
+_VIEWS = ((0, False), (0, True), (2, False), (2, True), (1, False), (1, True), (3, False), (3, True))
+"""Test-time augmentation views as (quarter turns, left-right mirror first): the first 2, 4 or 8 form
+a group (the identity and the mirror; both mirrors; all mirrors and rotations of a square)."""
+
+
+def _averaged_change(runtime: Runtime, x: np.ndarray, copies: int, multiple: int) -> Optional[np.ndarray]:
+    """The runtime's change for normalised slices ``x`` ``[n, 1, H, W]``, averaged over ``copies`` views.
+
+    Each view is mirrored and/or turned, padded to the network's size multiple, run, cropped and
+    turned back. None after out-of-memory (the caller retries).
+    """
+    total = np.zeros((x.shape[0], x.shape[2], x.shape[3]), dtype=np.float32)
+    for turns, mirror in _VIEWS[:copies]:
+        view = np.rot90(x[..., ::-1] if mirror else x, turns, axes=(2, 3))
+        change = runtime.change(pad_to_multiple(np.ascontiguousarray(view), multiple))
+        if change is None:
+            return None
+        back = np.rot90(change[:, : view.shape[2], : view.shape[3]], -turns, axes=(1, 2))
+        if mirror:
+            back = back[..., ::-1]
+        total += back
+    if copies > 1:
+        total /= np.float32(copies)
+    return total
 
 
 def _check_array(hu: Any) -> None:

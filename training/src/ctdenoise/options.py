@@ -16,6 +16,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 """``auto``: bf16 on CUDA GPUs, int8 on ONNX Runtime when the model's int8 graph passed its accuracy gate, else fp32."""
 MIN_TILE = 32
 """Smallest tile side in pixels."""
+TTA_COPIES = (1, 2, 4, 8)
+"""Test-time augmentation: 1 (off); 2: and the left-right mirror; 4: and both mirrors; 8: and the 90-degree rotations."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,10 @@ class DenoiseOptions:
             overlapping N x N tiles blended with a Gaussian window.
         force: denoise input that does not look like HU (raw stored values, attenuation, 0..1
             intensities) instead of refusing it.
+        tta: test-time augmentation, the number of mirrored or rotated copies of each slice whose
+            changes are averaged: 1 (off), 2 (left-right mirror), 4 (both mirrors) or 8 (mirrors and
+            90-degree rotations: the same result for mirrored or rotated anatomy). Costs that many
+            network runs.
 
     Examples:
         >>> options = DenoiseOptions(strength=0.7, device="cpu")
@@ -50,6 +56,7 @@ class DenoiseOptions:
     batch_size: Optional[int] = None
     tile_size: Optional[int] = None
     force: bool = False
+    tta: int = 1
 
     def __post_init__(self) -> None:
         strength = self.strength
@@ -67,6 +74,10 @@ class DenoiseOptions:
         _check_positive("tile size", self.tile_size, MIN_TILE)
         if not isinstance(self.force, bool):
             raise CTDenoiseError(f"force must be true or false, got {self.force!r}")
+        if isinstance(self.tta, bool) or self.tta not in TTA_COPIES:
+            raise CTDenoiseError(
+                f"tta must be one of {', '.join(map(str, TTA_COPIES))} (copies of each slice averaged), got {self.tta!r}"
+            )
 
     def to_cli_args(self) -> list[str]:
         """The ``ctdenoise denoise`` arguments that give these options (defaults left out)."""
@@ -128,6 +139,13 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--force", action="store_true", help="denoise input that does not look like HU instead of refusing it"
+    )
+    parser.add_argument(
+        "--tta",
+        type=_integer,
+        default=defaults.tta,
+        choices=TTA_COPIES,
+        help="test-time augmentation: average over 1 (default), 2, 4 or 8 mirrored/rotated copies (that many times slower)",
     )
 
 
