@@ -387,11 +387,23 @@ def test_distill_writes_a_smaller_student_that_follows_its_teacher(tmp_path: Pat
     )
     assert tuned["p99_9_abs_diff_hu"] < 0.5 < agreement["p99_9_abs_diff_hu"]
     assert read_model(path).metadata["training"]["distilled_from"]["init"] == "teacher"
+    # Following the teacher's 8-view average (on crops): the same weights now differ from the target.
+    path, averaged = distill(
+        teacher,
+        cache_dir,
+        tmp_path / "averaged.safetensors",
+        DistillSettings({}, steps=1, batch_size=2, lr=1e-9, init="teacher", teacher_tta=8, crop=32),
+    )
+    assert averaged["p99_9_abs_diff_hu"] > 10 * max(tuned["p99_9_abs_diff_hu"], 0.01)
+    record = read_model(path).metadata["training"]["distilled_from"]
+    assert record["teacher_tta"] == 8 and "averaged over 8" in record["method"] and record["crop"] == 32
     with pytest.raises(CTDenoiseError, match="needs the teacher's layer shapes"):
         distill(teacher, cache_dir, tmp_path / "x.safetensors", DistillSettings({"ngf": 4}, steps=1, init="teacher"))
     for bad, message in (
         ({"target": "noisy"}, "target 'noisy' is unknown"),
-        ({"crop": 64}, "needs target full"),
+        ({"crop": 40}, "multiple of 16"),
+        ({"teacher_tta": 3}, "must be one of 1, 2, 4, 8"),
+        ({"teacher_tta": 8, "target": "full"}, "with target teacher"),
         ({"loss": "huber"}, "loss 'huber' is unknown"),
         ({"init": "random"}, "start 'random' is unknown"),
     ):

@@ -363,6 +363,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         crop=args.crop,
         loss=args.loss,
         init=args.init,
+        teacher_tta=args.teacher_tta,
     )
     stop = _StopFlag()
     with stop, tqdm(total=settings.steps, unit="step", disable=args.quiet, dynamic_ncols=True) as bar:
@@ -750,7 +751,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="teacher: follow the teacher's outputs; full: supervised, paired L1 to the cache's full-dose slices",
     )
     p.add_argument(
-        "--crop", type=int, default=0, help="with --target full: random square crops of this size (multiple of 16)"
+        "--crop", type=int, default=0, help="random square crops of this size (multiple of 16; default 0: whole slices)"
+    )
+    p.add_argument(
+        "--teacher-tta",
+        type=int,
+        default=1,
+        choices=TTA_COPIES,
+        help="with --target teacher: follow the teacher's outputs averaged over 1, 2, 4 or 8 mirrored/rotated views",
     )
     p.add_argument("--loss", choices=["l1", "l2"], default="l1", help="regression loss (l2 suits noisy targets)")
     p.add_argument(

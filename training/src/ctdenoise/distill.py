@@ -23,7 +23,8 @@ import torch
 
 from ctdenoise.checkpoints import load_checkpoint
 from ctdenoise.errors import CTDenoiseError
-from ctdenoise.runtimes.base import pad_to_multiple
+from ctdenoise.options import TTA_COPIES
+from ctdenoise.runtimes.base import averaged_change, pad_to_multiple
 from ctdenoise.types import PathLike
 
 
@@ -43,11 +44,15 @@ class DistillSettings:
             teacher then only lends its architecture, normalisation and metadata).
         loss: "l1" or "l2". With noisy targets (full dose carries its own noise) L2 is the one whose
             optimum is the clean image (Noise2Noise) and whose gradient grows with the error.
-        crop: with ``target="full"``, square crops of this many pixels (a multiple of 16), drawn
-            anew each step, so the instance norms meet many fields of view; 0: whole slices.
+        crop: square crops of this many pixels (a multiple of 16), drawn anew each step, so the
+            instance norms meet many fields of view; 0: whole slices.
         init: "identity" (the student starts as the identity) or "teacher" (it starts from the
             teacher's weights, which needs the teacher's layer shapes: fine-tuning, e.g. of the
             CycleGAN generator on simulated pairs, with or without its residual high-pass).
+        teacher_tta: with ``target="teacher"``, the targets are the teacher's changes averaged over
+            this many mirrored/rotated views (1, 2, 4 or 8; see
+            :class:`~ctdenoise.options.DenoiseOptions`), so one student run gives what the teacher
+            gives in that many.
     """
 
     student_args: dict[str, Any]
@@ -60,6 +65,7 @@ class DistillSettings:
     crop: int = 0
     loss: str = "l1"
     init: str = "identity"
+    teacher_tta: int = 1
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "max_slices"):
@@ -74,10 +80,12 @@ class DistillSettings:
             raise CTDenoiseError(f"distillation target {self.target!r} is unknown: use teacher or full")
         if self.init not in ("identity", "teacher"):
             raise CTDenoiseError(f"student start {self.init!r} is unknown: use identity or teacher")
-        if self.crop < 0 or self.crop % 16 or (self.crop and self.target != "full"):
-            raise CTDenoiseError(
-                f"crop {self.crop!r} must be 0 or a multiple of 16, and needs target full: e.g. --crop 256"
-            )
+        if isinstance(self.crop, bool) or not isinstance(self.crop, int) or self.crop < 0 or self.crop % 16:
+            raise CTDenoiseError(f"crop {self.crop!r} must be 0 (whole slices) or a multiple of 16: e.g. --crop 256")
+        if self.teacher_tta not in TTA_COPIES or isinstance(self.teacher_tta, bool):
+            raise CTDenoiseError(f"teacher views {self.teacher_tta!r} must be one of {', '.join(map(str, TTA_COPIES))}")
+        if self.teacher_tta > 1 and self.target != "teacher":
+            raise CTDenoiseError("teacher views average the teacher's outputs: use them with target teacher")
 
 
 def _training_slices(cache_dir: PathLike, max_slices: int) -> list[np.ndarray]:
@@ -136,19 +144,19 @@ def distill(
 
     teacher_model = load_checkpoint(teacher)
     normalization, multiple = teacher_model.normalization, teacher_model.size_multiple
+    teacher_change = _change(teacher_model.generator, multiple, settings.teacher_tta)
 
-    def prepared(hu: np.ndarray) -> np.ndarray:
-        return pad_to_multiple(normalization.normalize(hu)[None, None].astype(np.float32), multiple)
+    def normalized(hu: np.ndarray) -> np.ndarray:
+        return normalization.normalize(hu)[None, None].astype(np.float32)
 
     if settings.target == "full":
         pairs = _supervised_pairs(cache, settings.max_slices)
-        inputs = [prepared(x) for x, _ in pairs]
-        targets = [prepared(y) for _, y in pairs]
+        inputs = [pad_to_multiple(normalized(x), multiple) for x, _ in pairs]
+        targets = [pad_to_multiple(normalized(y), multiple) for _, y in pairs]
     else:
-        slices = _training_slices(cache, settings.max_slices)
-        inputs = [prepared(s) for s in slices]
-        with torch.inference_mode():
-            targets = [teacher_model.generator(torch.from_numpy(x)).numpy() for x in inputs]
+        slices = [normalized(s) for s in _training_slices(cache, settings.max_slices)]
+        inputs = [pad_to_multiple(x, multiple) for x in slices]
+        targets = [pad_to_multiple(x + teacher_change(x)[:, None], multiple) for x in slices]
     args = {**teacher_model.generator_args, **settings.student_args}
     torch.manual_seed(settings.seed)
     student = build_generator(teacher_model.preset, **args)
@@ -193,7 +201,7 @@ def distill(
         if progress is not None:
             progress(step, settings.steps, loss_value)
     student.eval()
-    agreement = _agreement(teacher_model, student, validation_pairs(cache))
+    agreement = _agreement(teacher_model, teacher_change, student, validation_pairs(cache))
     metadata = dict(teacher_model.metadata)
     metadata["generator"] = {"preset": teacher_model.preset, "args": args}
     metadata["training"] = {
@@ -201,11 +209,13 @@ def distill(
         ("supervised" if settings.target == "full" else "distilled_from"): {
             "method": f"paired {settings.loss.upper()} to the full-dose slices (simulated low dose)"
             if settings.target == "full"
-            else "L1 to the teacher's outputs",
+            else f"{settings.loss.upper()} to the teacher's outputs"
+            + (f", averaged over {settings.teacher_tta} mirrored/rotated views" if settings.teacher_tta > 1 else ""),
             "file": Path(teacher).name,
             "crop": settings.crop,
             "init": settings.init,
             "loss": settings.loss,
+            "teacher_tta": settings.teacher_tta,
             "generator_args": teacher_model.generator_args,
             "steps": settings.steps,
             "batch_size": settings.batch_size,
@@ -228,18 +238,39 @@ def distill(
     return path, agreement
 
 
-def _agreement(teacher: Any, student: torch.nn.Module, pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
-    """How closely the student follows the teacher on (full, low) validation pairs, in HU and PSNR."""
+def _change(network: torch.nn.Module, multiple: int, copies: int) -> Callable[[np.ndarray], np.ndarray]:
+    """``network``'s change for normalised slices ``[n, 1, H, W]``, averaged over ``copies`` views."""
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            tensor = torch.from_numpy(x)
+            return (network(tensor) - tensor)[:, 0].numpy()
+
+    def change(x: np.ndarray) -> np.ndarray:
+        result = averaged_change(run, x, copies, multiple)
+        assert result is not None  # run never reports out-of-memory
+        return result
+
+    return change
+
+
+def _agreement(
+    teacher: Any,
+    teacher_change: Callable[[np.ndarray], np.ndarray],
+    student: torch.nn.Module,
+    pairs: list[tuple[np.ndarray, np.ndarray]],
+) -> dict[str, Any]:
+    """How closely the student follows the teacher (as distilled: with its views) on (full, low)
+    validation pairs, in HU and PSNR."""
     if not pairs:
         return {}
-    normalization, multiple = teacher.normalization, teacher.size_multiple
+    normalization = teacher.normalization
+    student_change = _change(student, teacher.size_multiple, 1)
     outputs: dict[str, list[np.ndarray]] = {"teacher": [], "student": []}
-    with torch.inference_mode():
-        for _, low in pairs:
-            x = torch.from_numpy(pad_to_multiple(normalization.normalize(low)[None, None].astype(np.float32), multiple))
-            for name, net in (("teacher", teacher.generator), ("student", student)):
-                change = (net(x) - x)[0, 0, : low.shape[0], : low.shape[1]].numpy() * normalization.scale
-                outputs[name].append(low + change)
+    for _, low in pairs:
+        x = normalization.normalize(low)[None, None].astype(np.float32)
+        for name, change in (("teacher", teacher_change), ("student", student_change)):
+            outputs[name].append(low + change(x)[0] * normalization.scale)
 
     def psnr(images: list[np.ndarray]) -> float:
         errors = [np.clip(i, -160, 240) - np.clip(full, -160, 240) for i, (full, _) in zip(images, pairs)]

@@ -36,7 +36,7 @@ from ctdenoise.options import DenoiseOptions
 from ctdenoise.orientation import reorientation
 from ctdenoise.progress import ProgressInfo
 from ctdenoise.runtimes import Runtime, open_runtime
-from ctdenoise.runtimes.base import pad_to_multiple
+from ctdenoise.runtimes.base import averaged_change
 from ctdenoise.types import CancelCallback, PathLike, ProgressCallback
 
 logger = logging.getLogger(__name__)
@@ -227,8 +227,8 @@ class Denoiser:
                 raise DenoiseCancelled("denoising cancelled: no output was written")
             stop = min(done + runtime.batch_size, total)
             hu = np.ascontiguousarray(slices[done:stop], dtype=np.float32)
-            change = _averaged_change(
-                runtime, normalization.normalize(hu)[:, None].astype(np.float32), copies, multiple
+            change = averaged_change(
+                runtime.change, normalization.normalize(hu)[:, None].astype(np.float32), copies, multiple
             )
             if change is None:  # out of memory: the runtime adjusted itself, retry the same slices
                 continue
@@ -358,32 +358,6 @@ class Denoiser:
             **result.summary(),
             "seconds": round(time.perf_counter() - started, 3),
         }
-
-
-_VIEWS = ((0, False), (0, True), (2, False), (2, True), (1, False), (1, True), (3, False), (3, True))
-"""Test-time augmentation views as (quarter turns, left-right mirror first): the first 2, 4 or 8 form
-a group (the identity and the mirror; both mirrors; all mirrors and rotations of a square)."""
-
-
-def _averaged_change(runtime: Runtime, x: np.ndarray, copies: int, multiple: int) -> Optional[np.ndarray]:
-    """The runtime's change for normalised slices ``x`` ``[n, 1, H, W]``, averaged over ``copies`` views.
-
-    Each view is mirrored and/or turned, padded to the network's size multiple, run, cropped and
-    turned back. None after out-of-memory (the caller retries).
-    """
-    total = np.zeros((x.shape[0], x.shape[2], x.shape[3]), dtype=np.float32)
-    for turns, mirror in _VIEWS[:copies]:
-        view = np.rot90(x[..., ::-1] if mirror else x, turns, axes=(2, 3))
-        change = runtime.change(pad_to_multiple(np.ascontiguousarray(view), multiple))
-        if change is None:
-            return None
-        back = np.rot90(change[:, : view.shape[2], : view.shape[3]], -turns, axes=(1, 2))
-        if mirror:
-            back = back[..., ::-1]
-        total += back
-    if copies > 1:
-        total /= np.float32(copies)
-    return total
 
 
 def _check_array(hu: Any) -> None:

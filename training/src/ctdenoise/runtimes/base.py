@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 import numpy as np
 
@@ -41,3 +41,30 @@ def pad_to_multiple(x: np.ndarray, multiple: int) -> np.ndarray:
     if not (pad_h or pad_w):
         return x
     return np.pad(x, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)), mode="reflect")
+
+
+VIEWS = ((0, False), (0, True), (2, False), (2, True), (1, False), (1, True), (3, False), (3, True))
+"""Test-time augmentation views as (quarter turns, left-right mirror first): the first 2, 4 or 8 form
+a group (the identity and the mirror; both mirrors; all mirrors and rotations of a square)."""
+
+
+def averaged_change(
+    change: Callable[[np.ndarray], Optional[np.ndarray]], x: np.ndarray, copies: int, multiple: int
+) -> Optional[np.ndarray]:
+    """``change`` (a runtime's :meth:`Runtime.change`) for normalised slices ``x`` ``[n, 1, H, W]``,
+    averaged over the first ``copies`` :data:`VIEWS`.
+
+    Each view is mirrored and/or turned, padded to the network's size multiple, run, cropped and
+    turned back. None when ``change`` returns None (out of memory: the caller retries).
+    """
+    total = np.zeros((x.shape[0], x.shape[2], x.shape[3]), dtype=np.float32)
+    for turns, mirror in VIEWS[:copies]:
+        view = np.rot90(x[..., ::-1] if mirror else x, turns, axes=(2, 3))
+        result = change(pad_to_multiple(np.ascontiguousarray(view), multiple))
+        if result is None:
+            return None
+        back = np.rot90(result[:, : view.shape[2], : view.shape[3]], -turns, axes=(1, 2))
+        total += back[..., ::-1] if mirror else back
+    if copies > 1:
+        total /= np.float32(copies)
+    return total
