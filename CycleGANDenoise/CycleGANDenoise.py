@@ -31,6 +31,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 SETTINGS_MODEL = "CycleGANDenoise/ModelPath"
+SETTINGS_BUNDLED = "CycleGANDenoise/BundledModel"
 SETTINGS_DEVICE = "CycleGANDenoise/Device"
 SETTINGS_PRESET = "CycleGANDenoise/WindowPreset"
 POLL_INTERVAL_MS = 100
@@ -63,8 +64,8 @@ class CycleGANDenoise(ScriptedLoadableModule):
             "the input and the result without running again."
         )
         self.parent.acknowledgementText = _(
-            "The bundled model was trained on public CT from TCIA (COVID-19-NY-SBU, TCGA-LUAD, TCGA-LUSC) and "
-            "TotalSegmentator's example data; see the model card for licenses and attributions."
+            "The bundled models were trained on public CT from TCIA (COVID-19-NY-SBU, TCGA-LUAD, TCGA-LUSC) and "
+            "TotalSegmentator's example data; see the model cards for licenses and attributions."
         )
 
 
@@ -140,6 +141,11 @@ class CycleGANDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.presetComboBox.setCurrentIndex(max(0, chosen))
         self.ui.deviceComboBox.addItem(_("auto"), "auto")
         self.ui.deviceComboBox.addItem(_("cpu"), "cpu")
+        bundledNames = {"cyclegan": _("Bundled: CycleGAN"), "supervised": _("Bundled: supervised")}
+        for name in self.logic.bundledModels():
+            self.ui.bundledModelComboBox.addItem(bundledNames.get(name, name), name)
+        chosen = self.ui.bundledModelComboBox.findData(slicer.util.settingsValue(SETTINGS_BUNDLED, "cyclegan"))
+        self.ui.bundledModelComboBox.setCurrentIndex(max(0, chosen))
         self.ui.modelPathLineEdit.currentPath = slicer.util.settingsValue(SETTINGS_MODEL, "")
         self.ui.progressBar.hide()
         self._strengthTimer = qt.QTimer()
@@ -150,7 +156,7 @@ class CycleGANDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.denoiseButton.connect("clicked(bool)", self.onDenoiseButton)
         self.ui.previewButton.connect("clicked(bool)", self.onPreviewButton)
         self.ui.detectDevicesButton.connect("clicked(bool)", self.onDetectDevices)
-        self.ui.bundledModelButton.connect("clicked(bool)", self.onUseBundledModel)
+        self.ui.bundledModelComboBox.connect("activated(int)", self.onUseBundledModel)
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
         self.ui.presetComboBox.connect("currentIndexChanged(int)", self.onPresetChanged)
         self.ui.strengthSlider.connect("valueChanged(double)", self.onStrengthChanged)
@@ -233,18 +239,19 @@ class CycleGANDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ----------------------------------------------------------------------------------- model
 
     def selectedModel(self) -> Optional[str]:
-        """The model file chosen, or None for the bundled model."""
+        """The model file chosen, else the name of the bundled model chosen (None: the default one)."""
         path = self.ui.modelPathLineEdit.currentPath.strip()
-        return path or None
+        return path or self.ui.bundledModelComboBox.currentData
 
-    def onUseBundledModel(self) -> None:
-        """Go back to the model shipped with the extension."""
+    def onUseBundledModel(self, index: int) -> None:
+        """Use the model shipped with the extension that was picked (the file path is cleared)."""
+        qt.QSettings().setValue(SETTINGS_BUNDLED, self.ui.bundledModelComboBox.itemData(index))
         self.ui.modelPathLineEdit.currentPath = ""
         self.onModelPathChanged("")  # the path editor does not signal an empty path
 
     def onModelPathChanged(self, path: str) -> None:
         """Show what the model is (or why the file is refused); remember only usable choices."""
-        text, valid = self.logic.modelDescription(path.strip() or None)
+        text, valid = self.logic.modelDescription(path.strip() or self.ui.bundledModelComboBox.currentData)
         self.ui.modelInfoLabel.text = text
         self.ui.modelInfoLabel.styleSheet = "" if valid else "color: #c0392b"
         if valid:
@@ -588,14 +595,24 @@ class CycleGANDenoiseLogic(ScriptedLoadableModuleLogic):
                 slicer.util.pip_install(" ".join(packages))
         return True
 
+    def bundledModels(self) -> list:
+        """Names of the models shipped with the extension; the first is the default."""
+        self._importEngine()
+        from ctdenoise.inference import BUNDLED_MODELS
+
+        return list(BUNDLED_MODELS)
+
     def modelDescription(self, checkpoint: Optional[str]):
-        """(text, valid): what the model is from its metadata, or the engine's one-line reason it is refused."""
+        """(text, valid): what the model (a file, or a bundled model's name) is from its metadata, or the
+        engine's one-line reason it is refused."""
         try:
             self._importEngine()
             from ctdenoise.errors import CTDenoiseError
-            from ctdenoise.inference import bundled_model_path
+            from ctdenoise.inference import BUNDLED_MODELS, bundled_model_path
             from ctdenoise.modelfile import read_model
 
+            if checkpoint in BUNDLED_MODELS:
+                checkpoint = str(bundled_model_path(checkpoint))
             if checkpoint and not Path(checkpoint).is_file():
                 return _("No model file at {path}.").format(path=checkpoint), False
             if checkpoint and not checkpoint.lower().endswith(".safetensors"):
@@ -705,7 +722,7 @@ class CycleGANDenoiseLogic(ScriptedLoadableModuleLogic):
         Args:
             inputNode: a scalar volume in HU.
             outputNode: the volume to fill; created (in the input's study, under its transform) on success.
-            checkpoint: a model file; None uses the bundled model.
+            checkpoint: a model file, or a bundled model's name (``cyclegan``, ``supervised``); None: ``cyclegan``.
             strength: 0..1, applied by blending (the full-strength result is kept for :meth:`setStrength`).
             device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
             noiseNode: optional volume that receives input minus output.
@@ -787,8 +804,9 @@ class CycleGANDenoiseLogic(ScriptedLoadableModuleLogic):
         folder = Path(slicer.util.tempDirectory("CycleGANDenoise"))
         try:
             source = write_volume_file(voxels, ijkToRAS, folder / "input.nrrd")
-            checkpoint = Path(settings.checkpoint) if settings.checkpoint else None
-            command = denoise_command(self.pythonExecutable(), source, folder / "output.nrrd", options, checkpoint)
+            command = denoise_command(
+                self.pythonExecutable(), source, folder / "output.nrrd", options, settings.checkpoint or None
+            )
 
             def launcher(arguments, environment):  # in the run's folder: nothing there can shadow the engine
                 return slicer.util.launchConsoleProcess(arguments, updateEnvironment=environment, cwd=str(folder))
@@ -1018,6 +1036,7 @@ class CycleGANDenoiseTest(ScriptedLoadableModuleTest):
             self.test_AveragedViewsDoNotDependOnMirroring,
             self.test_CancelLeavesNoNodeAndNoFiles,
             self.test_ModelThatIsNotAModelIsRefused,
+            self.test_SupervisedModelIsBundled,
         ):
             self.setUp()
             case()
@@ -1101,3 +1120,20 @@ class CycleGANDenoiseTest(ScriptedLoadableModuleTest):
         self.assertFalse(valid)
         self.assertIn("damaged or not a model", text)
         shutil.rmtree(path.parent, ignore_errors=True)
+
+    def test_SupervisedModelIsBundled(self):
+        """The second bundled model is described by name, and denoising with it lowers the liver noise."""
+        import numpy as np
+
+        logic = CycleGANDenoiseLogic()
+        self.assertEqual(logic.bundledModels(), ["cyclegan", "supervised"])
+        text, valid = logic.modelDescription("supervised")
+        self.assertTrue(valid, text)
+        self.assertIn("ctdenoise_supervised_v1.safetensors", text)
+        inputNode = self._sample()
+        before = slicer.util.arrayFromVolume(inputNode).copy()
+        after = slicer.util.arrayFromVolume(logic.denoise(inputNode, checkpoint="supervised", device="cpu"))
+        liver = (slice(None), slice(240, 270), slice(130, 170))
+        self.assertLess(float(np.std(after[liver])), 0.75 * float(np.std(before[liver])))
+        self.assertLess(abs(float(after[liver].mean()) - float(before[liver].mean())), 3.0)
+        self.delayDisplay("Test passed")

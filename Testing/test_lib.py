@@ -45,6 +45,9 @@ def test_the_command_carries_every_option_but_strength() -> None:
         3,
     )
     assert DenoiseOptions.from_cli(args) == DenoiseOptions(device="cuda:1", runtime="torch", batch_size=3)
+    bundled = denoise_command("python", Path("in.nrrd"), Path("out.nrrd"), options, "supervised")
+    assert build_parser().parse_args(bundled[4:]).checkpoint == "supervised"
+    assert "--checkpoint" not in denoise_command("python", Path("in.nrrd"), Path("out.nrrd"), options)
     environment = engine_environment(Path("/ext/modules"), {"PYTHONPATH": "/other"}, cpu_only=True)
     assert environment["PYTHONPATH"].split(":")[0] == "/ext/modules" and environment["PYTHONPATH"].endswith("/other")
     assert environment["PYTHONUNBUFFERED"] == "1" and environment["CUDA_VISIBLE_DEVICES"] == "-1"

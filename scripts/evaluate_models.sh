@@ -4,7 +4,7 @@
 # simulation (seed 0): the abdomen series (Br38f, 2 mm), the abdomen/pelvis crop (3 mm), the chest
 # CT angiography crop (1.5 mm) and 14 single chest slices of other TCGA patients (kernels B20f, B20s,
 # B30s, B31f, B31s, B50s, B60f, AB50, STANDARD, SOFT, LUNG, BONE; 1-10 mm).
-#   ./scripts/evaluate_models.sh OUT_DIR [MODEL ...]     (default model: the bundled one)
+#   ./scripts/evaluate_models.sh OUT_DIR [MODEL ...]     (default: both bundled models, cyclegan and supervised)
 # Environment: MAX_SLICES (per volume, default 8), BASELINES (default "bm3d nlm gaussian"; empty: none),
 # TTA (test-time augmentations each model runs with, default "1 8").
 set -euo pipefail
@@ -12,7 +12,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="${1:?usage: evaluate_models.sh OUT_DIR [MODEL ...]}"
 shift
 models=("$@")
-[ ${#models[@]} -eq 0 ] && models=(bundled)
+[ ${#models[@]} -eq 0 ] && models=(bundled supervised)
 tcga=(ID_0004_AGE_0056_CONTRAST_1 ID_0005_AGE_0048_CONTRAST_1 ID_0009_AGE_0048_CONTRAST_1
   ID_0014_AGE_0071_CONTRAST_1 ID_0022_AGE_0074_CONTRAST_1 ID_0023_AGE_0061_CONTRAST_1
   ID_0025_AGE_0074_CONTRAST_1 ID_0029_AGE_0078_CONTRAST_1 ID_0040_AGE_0069_CONTRAST_1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 from ctdenoise.options import DenoiseOptions
 
@@ -15,9 +15,11 @@ def denoise_command(
     input_path: Path,
     output_path: Path,
     options: DenoiseOptions,
-    checkpoint: Optional[Path] = None,
+    checkpoint: Optional[Union[str, Path]] = None,
 ) -> list[str]:
     """``python -u -m ctdenoise.cli denoise IN OUT --progress json ...`` for one run.
+
+    ``checkpoint`` is a model file or a bundled model's name (None: the default bundled model).
 
     The child always denoises at full strength (the module blends live); every other option goes
     through :meth:`DenoiseOptions.to_cli_args`, so the module and the command line cannot drift.

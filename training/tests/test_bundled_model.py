@@ -1,24 +1,31 @@
-"""The model shipped inside the package: present, small, self-describing and usable on real CT."""
+"""The models shipped inside the package: present, small, self-describing and usable on real CT."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from ctdenoise import DenoiseOptions, Denoiser, read_model
 from ctdenoise.checkpoints import read_model_metadata
-from ctdenoise.inference import bundled_model_path
+from ctdenoise.inference import BUNDLED_MODELS, bundled_model_path
 from ctdenoise.io import read_volume
 from ctdenoise.physics.lowdose import simulate_low_dose
 
 MAX_BYTES = 6 * 1024 * 1024  # G_Q2F 2 MB, its fp32 graph 2.1 MB, int8 graph 0.6 MB
+CARDS = {"cyclegan": "MODEL_CARD.md", "supervised": "MODEL_CARD_supervised.md"}
+NOISE_LEFT = {"cyclegan": 0.5, "supervised": 0.6}
+"""Liver noise left on simulated quarter dose, at most (measured 0.33 and 0.49: the supervised model
+aims at full dose, which keeps about half the quarter-dose noise; the issue's goal is 0.6)."""
 
 
-def test_the_bundled_model_ships_with_its_card_and_is_under_6_mb() -> None:
-    path = bundled_model_path()
+@pytest.mark.parametrize("name", BUNDLED_MODELS)
+def test_each_bundled_model_ships_with_its_card_and_is_under_6_mb(name: str) -> None:
+    path = bundled_model_path(name)
     assert path.stat().st_size < MAX_BYTES
-    card = (path.parent / "MODEL_CARD.md").read_text(encoding="utf-8")
+    card = (path.parent / CARDS[name]).read_text(encoding="utf-8")
+    assert card.startswith(f"# Model card: `{path.name}`")
     for heading in ("## Data", "## Training", "## Validation", "## Limitations"):
         assert heading in card
 
@@ -50,33 +57,51 @@ def test_the_bundled_model_describes_itself() -> None:
     assert spacing["min"][0] == 0.546875 and spacing["max"][0] == 0.9765625
 
 
-def test_the_bundled_model_keeps_ct_numbers_on_the_bundled_abdomen(dicom_series_dir: Path) -> None:
+def test_the_supervised_model_describes_itself() -> None:
+    """The CycleGAN's network fine-tuned on simulated pairs: its record, its data and its lineage travel with it."""
+    metadata = read_model_metadata(bundled_model_path("supervised"))
+    args = metadata["generator"]["args"]
+    assert args["ngf"] == 16 and args["residual_highpass_sigma"] == 2.0 and args["long_skip"] is True
+    record = metadata["training"]["supervised"]
+    assert record["method"].startswith("paired L2") and record["init"] == "teacher" and record["crop"] == 0
+    assert record["file"] == "ctdenoise_fast_v2.safetensors" and record["steps"] == 2400 and record["slices"] == 236
+    data = metadata["training"]["data"]  # the pairs it learned, not the CycleGAN's 24 band slices
+    assert data["low_dose"] == "simulated" and data["pairs"] == 110 and data["patients"] == {"train": 23, "val": 1}
+    assert data["spacing_mm"]["max"][0] == 3.0 and record["teacher_data"]["patients"] == {"train": 24, "val": 1}
+    assert metadata["training"]["distilled_from"]["file"] == "ctdenoise_fast_v1.safetensors"  # the CycleGAN lineage
+    assert metadata["change_limit_hu"] == metadata["training"]["change_limit"]["change_limit_hu"] == 690.0
+    assert abs(metadata["metrics"]["denoised"]["psnr"] - record["agreement"]["psnr_student_db"]) < 0.01
+
+
+@pytest.mark.parametrize("name", BUNDLED_MODELS)
+def test_each_bundled_model_keeps_ct_numbers_on_the_bundled_abdomen(dicom_series_dir: Path, name: str) -> None:
     """On full dose there is little to remove: CT numbers hold within 1-3 HU and no voxel moves far."""
     volume = read_volume(dicom_series_dir)
     hu = volume.array[8:10]
-    denoised = Denoiser(options=DenoiseOptions(device="cpu")).array(hu)
+    denoised = Denoiser(name, DenoiseOptions(device="cpu")).array(hu)
     assert denoised.shape == hu.shape and denoised.dtype == np.float32
     liver = (slice(None), slice(240, 270), slice(130, 170))
-    assert abs(float(denoised[liver].mean() - hu[liver].mean())) < 1.0  # measured 0.22 HU
+    assert abs(float(denoised[liver].mean() - hu[liver].mean())) < 1.0  # measured 0.22 and 0.28 HU
     air = hu < -1000
-    assert abs(float(denoised[air].mean() - hu[air].mean())) < 3.0  # measured 1.9 HU
-    assert float(np.abs(denoised - hu).max()) < 0.5 * read_model(bundled_model_path()).change_limit_hu  # measured 82 HU
+    assert abs(float(denoised[air].mean() - hu[air].mean())) < 3.0  # measured 1.9 and 1.4 HU
+    assert float(np.abs(denoised - hu).max()) < 0.5 * read_model(bundled_model_path(name)).change_limit_hu  # 82, 42 HU
 
 
-def test_the_bundled_model_reduces_noise_on_simulated_quarter_dose(dicom_series_dir: Path) -> None:
+@pytest.mark.parametrize("name", BUNDLED_MODELS)
+def test_each_bundled_model_reduces_noise_on_simulated_quarter_dose(dicom_series_dir: Path, name: str) -> None:
     """The held-out abdomen, as the demo runs it: quarter dose simulated from the real full dose."""
     volume = read_volume(dicom_series_dir)
     full = volume.array[6:12]
     quarter = simulate_low_dose(full, (float(volume.spacing[1]), float(volume.spacing[0])), 0.25, seed=0)
-    denoised = Denoiser(options=DenoiseOptions(device="cpu")).array(quarter)
+    denoised = Denoiser(name, DenoiseOptions(device="cpu")).array(quarter)
     liver = (slice(None), slice(240, 270), slice(130, 170))
 
     def noise(image: np.ndarray) -> float:
         return float(image[liver].std(axis=(1, 2)).mean())
 
-    assert noise(denoised) < 0.5 * noise(quarter)  # measured 8.4 against 22.9 HU
-    assert abs(float(denoised[liver].mean() - full[liver].mean())) < 1.0  # measured 0.11 HU
-    assert float(np.abs(denoised - quarter).max()) < 0.5 * read_model(bundled_model_path()).change_limit_hu
+    assert noise(denoised) < NOISE_LEFT[name] * noise(quarter)  # measured 7.2 and 10.6 against 21.6 HU
+    assert abs(float(denoised[liver].mean() - full[liver].mean())) < 1.0  # measured 0.11 and 0.22 HU
+    assert float(np.abs(denoised - quarter).max()) < 0.5 * read_model(bundled_model_path(name)).change_limit_hu
     body = full > -300
     window = (-160.0, 240.0)
 

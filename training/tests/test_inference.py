@@ -17,7 +17,7 @@ from ctdenoise import DenoiseOptions, inference
 from ctdenoise.checkpoints import ModelCheckpoint, load_checkpoint
 from ctdenoise.errors import CTDenoiseError, DenoiseCancelled
 from ctdenoise.export import write_model
-from ctdenoise.inference import bundled_model_path, denoise_array, denoise_file, denoise_volume
+from ctdenoise.inference import bundled_model_path, denoise_array, denoise_file, denoise_volume, describe_model
 from ctdenoise.io import read_volume, writers
 from ctdenoise.modelfile import build_metadata
 from ctdenoise.networks import build_generator
@@ -551,8 +551,11 @@ def test_denoise_file_refuses_bad_paths_before_computing(
 
 
 def test_bundled_model_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(inference, "BUNDLED_MODEL_NAME", "no_such_model.safetensors")
-    with pytest.raises(
-        CTDenoiseError, match="no bundled model found at .*no_such_model.safetensors: pass --checkpoint"
-    ):
+    assert {name: bundled_model_path(name).name for name in inference.BUNDLED_MODELS} == inference.BUNDLED_MODELS
+    assert describe_model("supervised").path == bundled_model_path("supervised")
+    assert describe_model(None).path == bundled_model_path() == bundled_model_path("cyclegan")
+    with pytest.raises(CTDenoiseError, match="no bundled model is named 'fast': use one of cyclegan, supervised"):
+        bundled_model_path("fast")
+    monkeypatch.setitem(inference.BUNDLED_MODELS, "cyclegan", "no_such_model.safetensors")
+    with pytest.raises(CTDenoiseError, match="no bundled model found at .*no_such_model.safetensors: reinstall"):
         bundled_model_path()

@@ -330,3 +330,24 @@ def test_bad_inputs_raise_one_line_errors(seed_generator: SeedGenerator) -> None
         seed_generator(torch.zeros(1, 2, 16, 16))
     with pytest.raises(CTDenoiseError, match="at least 70"):
         build_discriminator()(torch.zeros(1, 1, 64, 128))
+
+
+def test_lowpass_tail_starts_silent_and_adds_only_low_frequencies() -> None:
+    torch.manual_seed(0)
+    plain = build_generator("fast", ngf=8, n_res_blocks=1, residual_highpass_sigma=2.0)
+    two = build_generator("fast", ngf=8, n_res_blocks=1, residual_highpass_sigma=2.0, lowpass_tail=True)
+    assert two.state_dict().keys() - plain.state_dict().keys() == {"tail_low.1.weight", "tail_low.1.bias"}
+    two.load_state_dict(plain.state_dict(), strict=False)
+    zero_residual(two.tail_low)
+    x = torch.randn(1, 1, 45, 62)
+    with torch.no_grad():
+        assert torch.allclose(two(x), plain(x), atol=1e-6)
+        two.tail_low[1].bias.fill_(1.0)  # a constant low-pass residual moves the mean, unlike the high-passed tail
+        shift = two(x) - plain(x)
+        assert torch.allclose(shift, torch.full_like(x, float(torch.tanh(torch.tensor(1.0)))), atol=1e-4)
+        zero_residual(two)
+        assert torch.equal(two(x), x)
+    with pytest.raises(CTDenoiseError, match="lowpass_tail needs residual_highpass_sigma > 0"):
+        build_generator("fast", lowpass_tail=True)
+    with pytest.raises(CTDenoiseError, match="lowpass_tail=1 is invalid: pass true or false"):
+        build_generator("fast", residual_highpass_sigma=2.0, lowpass_tail=1)

@@ -387,6 +387,21 @@ def test_distill_writes_a_smaller_student_that_follows_its_teacher(tmp_path: Pat
     )
     assert tuned["p99_9_abs_diff_hu"] < 0.5 < agreement["p99_9_abs_diff_hu"]
     assert read_model(path).metadata["training"]["distilled_from"]["init"] == "teacher"
+    # A low-pass tail added for fine-tuning starts silent: the student begins as the one without it.
+    fine = {}
+    for name, extra in (("highpass", {}), ("lowpass", {"lowpass_tail": True})):
+        args = {"residual_highpass_sigma": 2.0, **extra}
+        settings = DistillSettings(args, steps=1, batch_size=2, lr=1e-9, init="teacher", target="full", loss="l2")
+        fine[name] = distill(teacher, cache_dir, tmp_path / f"{name}.safetensors", settings)
+    assert fine["lowpass"][1]["p99_9_abs_diff_hu"] == pytest.approx(fine["highpass"][1]["p99_9_abs_diff_hu"], abs=0.05)
+    lowpass = read_model(fine["lowpass"][0])
+    assert lowpass.generator_args["lowpass_tail"] is True and "tail_low.1.weight" in lowpass.generator_tensors()
+    assert set(lowpass.graphs) >= {"fp32"}
+    second = DistillSettings({"lowpass_tail": True}, steps=1, batch_size=2, lr=1e-9, init="teacher", target="full")
+    path, _ = distill(fine["highpass"][0], cache_dir, tmp_path / "second.safetensors", second)
+    record = read_model(path).metadata["training"]["supervised"]  # the first round's record is kept inside
+    assert record["file"] == "highpass.safetensors" and record["earlier"]["file"] == "model.safetensors"
+    assert read_model(path).metadata["training"]["data"] == load_cache(cache_dir).summary() == record["teacher_data"]
     # Following the teacher's 8-view average (on crops): the same weights now differ from the target.
     path, averaged = distill(
         teacher,

@@ -350,7 +350,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     _check_model_output(args.out)
     student = {
         key: getattr(args, key)
-        for key in ("ngf", "n_res_blocks", "n_downsampling", "residual_highpass_sigma")
+        for key in ("ngf", "n_res_blocks", "n_downsampling", "residual_highpass_sigma", "lowpass_tail")
         if getattr(args, key) is not None
     }
     settings = DistillSettings(
@@ -364,6 +364,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         loss=args.loss,
         init=args.init,
         teacher_tta=args.teacher_tta,
+        max_slices=args.max_slices,
     )
     stop = _StopFlag()
     with stop, tqdm(total=settings.steps, unit="step", disable=args.quiet, dynamic_ncols=True) as bar:
@@ -384,16 +385,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     if not args.full and not args.low:
         raise CTDenoiseError("nothing to evaluate: give --full (and --low for real pairs) or --low alone")
-    for source in (*args.full, *args.low, *(m for m in args.model if m != "bundled")):
+    from ctdenoise.inference import BUNDLED_MODELS
+
+    bundled = {"bundled": None, **{name: name for name in BUNDLED_MODELS}}
+    for source in (*args.full, *args.low, *(m for m in args.model if m not in bundled)):
         _require_input(source)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CTDenoiseError(f"--out {out} is a file: give a folder for the report and figures")
-    names = args.names or [Path(m).name.split(".")[0] if m != "bundled" else "bundled model" for m in args.model]
+    labels = {"bundled": "bundled model", "cyclegan": "bundled model", "supervised": "bundled supervised model"}
+    names = args.names or [labels.get(m) or Path(m).name.split(".")[0] for m in args.model]
     if len(names) != len(args.model):
         raise CTDenoiseError(f"{len(names)} --names for {len(args.model)} --model: give one name per model")
     cases = load_cases(args.full, args.low, dose=args.dose, seed=args.seed, max_slices=args.max_slices)
-    models = [(name, None if m == "bundled" else m) for name, m in zip(names, args.model)]
+    models = [(name, bundled.get(m, m)) for name, m in zip(names, args.model)]
     steps = len(cases) * (len(models) * len(args.tta) + len(args.baselines))
     with tqdm(total=steps, unit="run", disable=args.quiet) as bar:
 
@@ -743,12 +748,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="student residual high-pass width in pixels (fast preset; 0: off, so low-frequency noise can go too)",
     )
+    p.add_argument(
+        "--lowpass-tail",
+        dest="lowpass_tail",
+        action="store_const",
+        const=True,
+        default=None,
+        help="student gets a second, low-passed residual tail (starting at zero) beside its high-passed one, so "
+        "fine-tuning can remove low-frequency noise too (fast preset with a residual high-pass)",
+    )
     p.add_argument("--steps", type=int, default=1500, help="optimiser steps (default 1500)")
     p.add_argument(
         "--target",
         choices=["teacher", "full"],
         default="teacher",
-        help="teacher: follow the teacher's outputs; full: supervised, paired L1 to the cache's full-dose slices",
+        help="teacher: follow the teacher's outputs; full: supervised, paired to the cache's full-dose slices",
     )
     p.add_argument(
         "--crop", type=int, default=0, help="random square crops of this size (multiple of 16; default 0: whole slices)"
@@ -768,6 +782,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="identity: the student starts as the identity; teacher: from the teacher's weights (fine-tuning)",
     )
     p.add_argument("--batch-size", type=int, default=2, help="whole slices per step (default 2)")
+    p.add_argument(
+        "--max-slices",
+        type=int,
+        default=64,
+        help="training slices per dose taken from the cache, evenly spread (default 64)",
+    )
     p.add_argument(
         "--lr", type=float, default=1e-3, help="Adam learning rate at the start (default 1e-3, cosine decay)"
     )
@@ -796,7 +816,10 @@ def build_parser() -> argparse.ArgumentParser:
         "OUTPUT/summary.json lists every study; under torchrun the processes share the studies",
     )
     p.add_argument(
-        "--checkpoint", default=None, help="model (.safetensors, training .pt or seed .pth); default: the bundled model"
+        "--checkpoint",
+        default=None,
+        help="model file (.safetensors, training .pt or seed .pth) or a bundled model's name: cyclegan (the "
+        "default, trained without pairs) or supervised (fine-tuned on simulated pairs)",
     )
     add_cli_arguments(p)
     p.add_argument("--noise-out", default=None, help="also write the removed noise (input minus output) here")
@@ -817,7 +840,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--low", nargs="+", default=[], help="low-dose volumes: paired with --full in order, or alone (no reference)"
     )
     p.add_argument(
-        "--model", nargs="+", default=["bundled"], help="models to evaluate: files, or bundled (the default)"
+        "--model",
+        nargs="+",
+        default=["bundled"],
+        help="models to evaluate: files, or bundled models by name: bundled or cyclegan (the default), supervised",
     )
     p.add_argument("--names", nargs="+", default=None, help="a display name per model")
     p.add_argument(

@@ -162,12 +162,15 @@ def distill(
     student = build_generator(teacher_model.preset, **args)
     if settings.init == "teacher":  # parameter-free options (the residual high-pass) may differ
         weights, own = teacher_model.generator.state_dict(), student.state_dict()
-        if own.keys() != weights.keys() or any(own[k].shape != weights[k].shape for k in own):
+        added = {k for k in own.keys() - weights.keys() if k.startswith("tail_low.")}  # a new low-pass tail
+        if own.keys() - added != weights.keys() or any(own[k].shape != weights[k].shape for k in weights):
             raise CTDenoiseError(
                 "a student that starts from the teacher needs the teacher's layer shapes: "
                 "keep its width, residual blocks and downsamplings"
             )
-        student.load_state_dict(weights)
+        student.load_state_dict(weights, strict=False)
+        if added:
+            zero_residual(student.tail_low)  # it starts silent: the student starts as the teacher
     else:
         zero_residual(student)
     optimizer = torch.optim.Adam(student.parameters(), lr=settings.lr)
@@ -204,9 +207,16 @@ def distill(
     agreement = _agreement(teacher_model, teacher_change, student, validation_pairs(cache))
     metadata = dict(teacher_model.metadata)
     metadata["generator"] = {"preset": teacher_model.preset, "args": args}
+    key = "supervised" if settings.target == "full" else "distilled_from"
+    training = dict(metadata.get("training") or {})
+    earlier = training.get(key)
+    if settings.target == "full":  # it learned the cache's pairs: they are its training data now
+        from ctdenoise.data import load_cache
+
+        teacher_data, training["data"] = training.get("data"), load_cache(cache).summary()
     metadata["training"] = {
-        **(metadata.get("training") or {}),
-        ("supervised" if settings.target == "full" else "distilled_from"): {
+        **training,
+        key: {
             "method": f"paired {settings.loss.upper()} to the full-dose slices (simulated low dose)"
             if settings.target == "full"
             else f"{settings.loss.upper()} to the teacher's outputs"
@@ -221,9 +231,11 @@ def distill(
             "batch_size": settings.batch_size,
             "lr": settings.lr,
             "slices": len(inputs),
-            "final_l1": round(loss_value, 6),
+            "final_loss": round(loss_value, 6),
             "seconds": round(time.perf_counter() - started, 1),
             "agreement": agreement,
+            **({"teacher_data": teacher_data} if settings.target == "full" else {}),
+            **({"earlier": earlier} if earlier else {}),  # a second round keeps the first one's record
         },
     }
     states = {"G_Q2F": student.state_dict()}

@@ -220,7 +220,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Run every model and baseline on every case; per-volume rows and slice-weighted overall means.
 
-    ``models`` are ``(name, model)`` pairs (a path, or None for the bundled model), each run once per
+    ``models`` are ``(name, model)`` pairs (a path, a bundled model's name, or None for the default), each run once per
     test-time augmentation in ``tta`` (see :class:`~ctdenoise.options.DenoiseOptions`). The Gaussian
     baseline is matched to the first model's flat-tissue noise (skipped without a model).
     """

@@ -41,37 +41,56 @@ from ctdenoise.types import CancelCallback, PathLike, ProgressCallback
 
 logger = logging.getLogger(__name__)
 
-BUNDLED_MODEL_NAME = "ctdenoise_fast_v2.safetensors"
+BUNDLED_MODELS = {
+    "cyclegan": "ctdenoise_fast_v2.safetensors",
+    "supervised": "ctdenoise_supervised_v1.safetensors",
+}
+"""The models shipped in ``ctdenoise/models/``, by name: ``cyclegan`` (the default, a CycleGAN
+generator trained without pairs) and ``supervised`` (the same network fine-tuned on simulated
+low/full-dose pairs); each has its model card next to it."""
+DEFAULT_MODEL = "cyclegan"
 DICOM_LO_LENGTH = 64
 """Longest SeriesDescription DICOM allows."""
 
 ModelLike = Union[PathLike, ModelDescription, None]
-"""A model: a file path, a validated :class:`~ctdenoise.modelfile.ModelFile`, a loaded
-:class:`~ctdenoise.checkpoints.ModelCheckpoint`, or None for the bundled model."""
+"""A model: a file path, a bundled model's name (:data:`BUNDLED_MODELS`), a validated
+:class:`~ctdenoise.modelfile.ModelFile`, a loaded :class:`~ctdenoise.checkpoints.ModelCheckpoint`,
+or None for the default bundled model."""
 
 
-def bundled_model_path() -> Path:
-    """Path of the model shipped inside the package (``ctdenoise/models/``).
+def bundled_model_path(name: str = DEFAULT_MODEL) -> Path:
+    """Path of a model shipped inside the package (``ctdenoise/models/``), by name.
 
     Examples:
         >>> bundled_model_path().name
         'ctdenoise_fast_v2.safetensors'
+        >>> bundled_model_path("supervised").name
+        'ctdenoise_supervised_v1.safetensors'
     """
-    path = Path(__file__).resolve().parent / "models" / BUNDLED_MODEL_NAME
+    if name not in BUNDLED_MODELS:
+        raise CTDenoiseError(
+            f"no bundled model is named {name!r}: use one of {', '.join(BUNDLED_MODELS)}, or give a model file"
+        )
+    path = Path(__file__).resolve().parent / "models" / BUNDLED_MODELS[name]
     if not path.is_file():
-        raise CTDenoiseError(f"no bundled model found at {path}: pass --checkpoint")
+        raise CTDenoiseError(f"no bundled model found at {path}: reinstall ctdenoise, or pass --checkpoint FILE")
     return path
 
 
 def describe_model(model: ModelLike = None) -> ModelDescription:
     """A validated description of ``model``; files are checked without PyTorch where possible.
 
-    ``.safetensors`` files are read by :func:`~ctdenoise.modelfile.read_model`; training states and
-    seed files (``.pt``, ``.pth``) need PyTorch and are loaded whole.
+    A bundled model's name wins over a file of the same name in the working folder (write
+    ``./supervised`` for the file). ``.safetensors`` files are read by
+    :func:`~ctdenoise.modelfile.read_model`; training states and seed files (``.pt``, ``.pth``)
+    need PyTorch and are loaded whole.
     """
     if isinstance(model, ModelDescription):
         return model
-    path = bundled_model_path() if model is None else Path(model)
+    if model is None or (isinstance(model, str) and model in BUNDLED_MODELS):
+        path = bundled_model_path(model or DEFAULT_MODEL)
+    else:
+        path = Path(model)
     if path.suffix.lower() == ".safetensors" or not path.is_file():
         return read_model(path)
     from ctdenoise.checkpoints import load_checkpoint

@@ -56,6 +56,7 @@ GENERATOR_SCHEMA: dict[str, dict[str, tuple[type, float, float]]] = {
         "n_downsampling": (int, 0, 5),
         "long_skip": (bool, 0, 1),
         "residual_highpass_sigma": (float, 0.0, 16.0),
+        "lowpass_tail": (bool, 0, 1),
     },
 }
 REEXPORT = "re-export the model with 'ctdenoise export' or use another model file"

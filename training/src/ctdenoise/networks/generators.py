@@ -96,7 +96,7 @@ def init_weights(module: nn.Module, std: float = 0.02) -> nn.Module:
 
 
 def zero_residual(model: nn.Module) -> nn.Module:
-    """Zero the generator's last convolution, so that ``x + tanh(0) = x``: it starts as the identity.
+    """Zero the generator's last convolution (and its low-pass tail's), so that ``x + tanh(0) = x``: it starts as the identity.
 
     Training then spends no steps learning to copy its input: from the first step the
     discriminators judge real low-dose images against real full-dose ones, which is the noise
@@ -105,9 +105,11 @@ def zero_residual(model: nn.Module) -> nn.Module:
     convs = [layer for layer in model.modules() if isinstance(layer, nn.Conv2d)]
     if not convs:
         raise CTDenoiseError(f"{type(model).__name__} has no convolution to zero")
-    nn.init.zeros_(convs[-1].weight)
-    if convs[-1].bias is not None:
-        nn.init.zeros_(convs[-1].bias)
+    tails = [convs[-1]] + ([model.tail_low[1]] if isinstance(getattr(model, "tail_low", None), nn.Sequential) else [])
+    for conv in tails:
+        nn.init.zeros_(conv.weight)
+        if conv.bias is not None:
+            nn.init.zeros_(conv.bias)
     return model
 
 
@@ -188,6 +190,13 @@ class FastGenerator(nn.Module):
     (noise) but not the local mean, so CT numbers in homogeneous regions are kept by construction.
     A CycleGAN can otherwise shift the mean freely: G_Q2F adds c, G_F2Q subtracts it, the cycle
     loss does not see it, and a high-pass discriminator cannot either.
+
+    ``lowpass_tail=True`` (with the high-pass on) adds a second tail on the same features whose
+    residual is low-passed with the same Gaussian and added too: the first tail changes texture, the
+    second the low frequencies the high-pass takes out (noise blotches wider than a few pixels).
+    :func:`zero_residual` zeroes its convolution too, so a model fine-tuned from a high-pass
+    generator (supervised, where the full-dose target keeps the CT numbers honest) starts as that
+    generator.
     """
 
     def __init__(
@@ -199,16 +208,24 @@ class FastGenerator(nn.Module):
         n_downsampling: int = 2,
         long_skip: bool = False,
         residual_highpass_sigma: float = 0.0,
+        lowpass_tail: bool = False,
     ) -> None:
         super().__init__()
         _check_channels(in_channels, out_channels)
-        if not isinstance(long_skip, bool):
-            raise CTDenoiseError(f"'fast' generator option long_skip={long_skip!r} is invalid: pass true or false")
+        for name, value in (("long_skip", long_skip), ("lowpass_tail", lowpass_tail)):
+            if not isinstance(value, bool):
+                raise CTDenoiseError(f"'fast' generator option {name}={value!r} is invalid: pass true or false")
         self.in_channels = in_channels
         self.long_skip = long_skip
         self.residual_highpass_sigma = check_sigma(
             "'fast' generator", "residual_highpass_sigma", residual_highpass_sigma
         )
+        if lowpass_tail and not self.residual_highpass_sigma > 0:
+            raise CTDenoiseError(
+                "'fast' generator option lowpass_tail needs residual_highpass_sigma > 0: "
+                "it adds back the low frequencies the high-pass takes out"
+            )
+        self.lowpass_tail = lowpass_tail
         if self.residual_highpass_sigma > 0:
             self.register_buffer("blur_kernel", gaussian_kernel(self.residual_highpass_sigma), persistent=False)
         self.multiple = 2**n_downsampling
@@ -239,6 +256,8 @@ class FastGenerator(nn.Module):
                 nn.ReLU(inplace=True),
             ]
         self.up = nn.Sequential(*up)
+        if lowpass_tail:  # registered before the tail, whose convolution stays the last one
+            self.tail_low = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, kernel_size=7), nn.Tanh())
         self.tail = nn.Sequential(
             nn.ReflectionPad2d(3),
             nn.Conv2d(ngf, out_channels, kernel_size=7),
@@ -253,9 +272,12 @@ class FastGenerator(nn.Module):
         h = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else x
         head = self.head(h)
         h = self.up(self.res_layers(self.down(head)))
-        h = self.tail(h + head if self.long_skip else h)[..., :height, :width]
+        features = h + head if self.long_skip else h
+        h = self.tail(features)[..., :height, :width]
         if self.residual_highpass_sigma > 0:
             h = h - blur(h, self.blur_kernel)
+        if self.lowpass_tail:
+            h = h + blur(self.tail_low(features)[..., :height, :width], self.blur_kernel)
         return h + x
 
 
