@@ -33,7 +33,6 @@ _PUBLIC = {
     "read_model": "ctdenoise.modelfile",
     "load_checkpoint": "ctdenoise.checkpoints",
     "bundled_model_path": "ctdenoise.inference",
-    "BUNDLED_MODELS": "ctdenoise.inference",
     # denoising
     "DenoiseOptions": "ctdenoise.options",
     "Denoiser": "ctdenoise.inference",
@@ -62,7 +61,6 @@ if TYPE_CHECKING:
     from ctdenoise.devices import describe_devices, resolve_device
     from ctdenoise.errors import CTDenoiseError, CTDenoiseWarning, DenoiseCancelled
     from ctdenoise.inference import (
-        BUNDLED_MODELS,
         Denoiser,
         DenoiseResult,
         bundled_model_path,
