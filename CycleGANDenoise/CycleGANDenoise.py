@@ -608,18 +608,17 @@ class CycleGANDenoiseLogic(ScriptedLoadableModuleLogic):
         try:
             self._importEngine()
             from ctdenoise.errors import CTDenoiseError
-            from ctdenoise.inference import BUNDLED_MODELS, bundled_model_path
+            from ctdenoise.inference import model_path
             from ctdenoise.modelfile import read_model
 
-            if checkpoint in BUNDLED_MODELS:
-                checkpoint = str(bundled_model_path(checkpoint))
-            if checkpoint and not Path(checkpoint).is_file():
+            path = model_path(checkpoint)
+            if not path.is_file():
                 return _("No model file at {path}.").format(path=checkpoint), False
-            if checkpoint and not checkpoint.lower().endswith(".safetensors"):
+            if path.suffix.lower() != ".safetensors":
                 return _(
                     "Seed or training checkpoint: it runs on PyTorch (choose a GPU device or install PyTorch)."
                 ), True
-            summary = read_model(checkpoint or bundled_model_path()).summary()
+            summary = read_model(path).summary()
         except (CTDenoiseError, OSError, RuntimeError) as error:
             return _("Not a usable model: {reason}").format(reason=str(error)), False
         data = summary.get("training_data") or {}

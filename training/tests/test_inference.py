@@ -554,6 +554,7 @@ def test_bundled_model_path(monkeypatch: pytest.MonkeyPatch) -> None:
     assert {name: bundled_model_path(name).name for name in inference.BUNDLED_MODELS} == inference.BUNDLED_MODELS
     assert describe_model("supervised").path == bundled_model_path("supervised")
     assert describe_model(None).path == bundled_model_path() == bundled_model_path("cyclegan")
+    assert inference.model_path(None) == bundled_model_path() and inference.model_path("x.pt") == Path("x.pt")
     with pytest.raises(CTDenoiseError, match="no bundled model is named 'fast': use one of cyclegan, supervised"):
         bundled_model_path("fast")
     monkeypatch.setitem(inference.BUNDLED_MODELS, "cyclegan", "no_such_model.safetensors")

@@ -387,8 +387,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise CTDenoiseError("nothing to evaluate: give --full (and --low for real pairs) or --low alone")
     from ctdenoise.inference import BUNDLED_MODELS
 
-    bundled = {"bundled": None, **{name: name for name in BUNDLED_MODELS}}
-    for source in (*args.full, *args.low, *(m for m in args.model if m not in bundled)):
+    named = {"bundled", *BUNDLED_MODELS}  # Denoiser resolves the names
+    for source in (*args.full, *args.low, *(m for m in args.model if m not in named)):
         _require_input(source)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -398,7 +398,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if len(names) != len(args.model):
         raise CTDenoiseError(f"{len(names)} --names for {len(args.model)} --model: give one name per model")
     cases = load_cases(args.full, args.low, dose=args.dose, seed=args.seed, max_slices=args.max_slices)
-    models = [(name, bundled.get(m, m)) for name, m in zip(names, args.model)]
+    models = [(name, None if m == "bundled" else m) for name, m in zip(names, args.model)]
     steps = len(cases) * (len(models) * len(args.tta) + len(args.baselines))
     with tqdm(total=steps, unit="run", disable=args.quiet) as bar:
 

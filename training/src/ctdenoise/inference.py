@@ -77,20 +77,31 @@ def bundled_model_path(name: str = DEFAULT_MODEL) -> Path:
     return path
 
 
+def model_path(model: Optional[PathLike] = None) -> Path:
+    """The file of ``model``: a bundled model's name, or None for the default one, resolved; any other path as given.
+
+    A bundled model's name wins over a file of the same name in the working folder (write
+    ``./supervised`` for the file).
+
+    Examples:
+        >>> model_path("supervised") == bundled_model_path("supervised"), model_path("my.safetensors")
+        (True, PosixPath('my.safetensors'))
+    """
+    if model is None or (isinstance(model, str) and model in BUNDLED_MODELS):
+        return bundled_model_path(model or DEFAULT_MODEL)
+    return Path(model)
+
+
 def describe_model(model: ModelLike = None) -> ModelDescription:
     """A validated description of ``model``; files are checked without PyTorch where possible.
 
-    A bundled model's name wins over a file of the same name in the working folder (write
-    ``./supervised`` for the file). ``.safetensors`` files are read by
+    Names and None are resolved by :func:`model_path`. ``.safetensors`` files are read by
     :func:`~ctdenoise.modelfile.read_model`; training states and seed files (``.pt``, ``.pth``)
     need PyTorch and are loaded whole.
     """
     if isinstance(model, ModelDescription):
         return model
-    if model is None or (isinstance(model, str) and model in BUNDLED_MODELS):
-        path = bundled_model_path(model or DEFAULT_MODEL)
-    else:
-        path = Path(model)
+    path = model_path(model)
     if path.suffix.lower() == ".safetensors" or not path.is_file():
         return read_model(path)
     from ctdenoise.checkpoints import load_checkpoint
