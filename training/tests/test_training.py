@@ -322,6 +322,33 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert capsys.readouterr().err.count("\n") == 1
 
 
+def test_distill_augmentation_gives_the_eight_views_and_the_negated_noise() -> None:
+    """Each view is a distinct mirror/turn of input and target alike; negated noise is clipped as HU is."""
+    from ctdenoise.distill import DistillSettings, _augmented
+    from ctdenoise.normalization import HUNormalization
+
+    norm = HUNormalization(hu_min=-1024.0, hu_max=3071.0, offset=0.0, scale=1000.0)
+    rng = np.random.default_rng(0)
+    full = rng.normal(0.0, 0.2, (1, 1, 6, 10)).astype(np.float32)
+    full[..., 0, 0] = -1.0  # air, where the negated noise would pass below -1024 HU
+    low = full + rng.normal(0.0, 0.05, full.shape).astype(np.float32)
+    low[..., 0, 0] = -0.95  # +50 HU of noise in air
+    views = [_augmented(low, full, view, False, norm) for view in range(8)]
+    assert np.array_equal(views[0][0], low) and np.array_equal(views[0][1], full)
+    assert len({v[1].tobytes() for v in views}) == 8  # eight distinct images
+    for x, y in views:  # input and target move together, and 90-degree turns swap the sides
+        assert y.shape in ((1, 1, 6, 10), (1, 1, 10, 6))
+        assert np.allclose(np.sort((x - y).ravel()), np.sort((low - full).ravel()))
+    assert np.array_equal(views[4][1], full[..., ::-1]) and np.array_equal(views[1][1], np.rot90(full, 1, axes=(2, 3)))
+    x, y = _augmented(low, full, 0, True, norm)
+    assert np.allclose((x - y)[..., 1:, :], -(low - full)[..., 1:, :], atol=1e-6) and np.array_equal(y, full)
+    assert x[0, 0, 0, 0] == pytest.approx(-1.024)  # -1050 HU clipped to the range, as a real input would be
+    x, y = _augmented(full, full, 3, True, norm)  # full dose paired with itself stays unchanged
+    assert np.array_equal(x, y)
+    with pytest.raises(CTDenoiseError, match="augment must be true or false"):
+        DistillSettings({}, augment="yes")  # type: ignore[arg-type]
+
+
 def test_distill_writes_a_smaller_student_that_follows_its_teacher(tmp_path: Path, cache_dir: Path) -> None:
     """A tiny trained teacher distilled into a narrower student: a valid model with graphs, its teacher recorded."""
     from ctdenoise import DenoiseOptions, Denoiser, read_model
@@ -370,12 +397,14 @@ def test_distill_writes_a_smaller_student_that_follows_its_teacher(tmp_path: Pat
             target="full",
             crop=64,
             loss="l2",
+            augment=True,
         ),
         progress=lambda step, total, loss: losses.append(loss),
     )
     supervised = read_model(path)
     record = supervised.metadata["training"]["supervised"]
     assert record["crop"] == 64 and record["method"].startswith("paired L2") and record["slices"] == 12  # 6 pairs x 2
+    assert record["augment"] is True and record["identity_pairs"] is True
     assert supervised.generator_args["residual_highpass_sigma"] == 0.0
     assert np.mean(losses[-8:]) < np.mean(losses[:8])
     # Fine-tuning: a student that starts from the teacher's weights begins where the teacher is.
@@ -397,9 +426,13 @@ def test_distill_writes_a_smaller_student_that_follows_its_teacher(tmp_path: Pat
     lowpass = read_model(fine["lowpass"][0])
     assert lowpass.generator_args["lowpass_tail"] is True and "tail_low.1.weight" in lowpass.generator_tensors()
     assert set(lowpass.graphs) >= {"fp32"}
-    second = DistillSettings({"lowpass_tail": True}, steps=1, batch_size=2, lr=1e-9, init="teacher", target="full")
-    path, _ = distill(fine["highpass"][0], cache_dir, tmp_path / "second.safetensors", second)
+    path = tmp_path / "second.safetensors"  # a second round from the command line, augmented
+    command = ["distill", str(fine["highpass"][0]), "--cache", str(cache_dir), "--out", str(path), "--steps", "1"]
+    command += ["--lowpass-tail", "--target", "full", "--init", "teacher", "--lr", "1e-9", "--augment", "--quiet"]
+    assert main([*command, "--no-identity-pairs"]) == 0
     record = read_model(path).metadata["training"]["supervised"]  # the first round's record is kept inside
+    assert record["augment"] is True and read_model(path).generator_args["lowpass_tail"] is True
+    assert record["identity_pairs"] is False and record["slices"] == 6  # the 6 low -> full pairs alone
     assert record["file"] == "highpass.safetensors" and record["earlier"]["file"] == "model.safetensors"
     assert read_model(path).metadata["training"]["data"] == load_cache(cache_dir).summary() == record["teacher_data"]
     # Following the teacher's 8-view average (on crops): the same weights now differ from the target.

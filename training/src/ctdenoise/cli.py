@@ -365,6 +365,8 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         init=args.init,
         teacher_tta=args.teacher_tta,
         max_slices=args.max_slices,
+        augment=args.augment,
+        identity_pairs=not args.no_identity_pairs,
     )
     stop = _StopFlag()
     with stop, tqdm(total=settings.steps, unit="step", disable=args.quiet, dynamic_ncols=True) as bar:
@@ -773,6 +775,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         choices=TTA_COPIES,
         help="with --target teacher: follow the teacher's outputs averaged over 1, 2, 4 or 8 mirrored/rotated views",
+    )
+    p.add_argument(
+        "--augment",
+        action="store_true",
+        help="each step shows its slices in one of 8 mirrored/rotated views, and with --target full flips the "
+        "sign of the simulated noise half the time (16 pairs from each)",
+    )
+    p.add_argument(
+        "--no-identity-pairs",
+        dest="no_identity_pairs",
+        action="store_true",
+        help="with --target full: learn only low -> full dose, not also full dose -> itself (full dose then gets "
+        "denoised too)",
     )
     p.add_argument("--loss", choices=["l1", "l2"], default="l1", help="regression loss (l2 suits noisy targets)")
     p.add_argument(

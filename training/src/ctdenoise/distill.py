@@ -53,6 +53,13 @@ class DistillSettings:
             this many mirrored/rotated views (1, 2, 4 or 8; see
             :class:`~ctdenoise.options.DenoiseOptions`), so one student run gives what the teacher
             gives in that many.
+        augment: each step shows the batch in one of the 8 mirrored/rotated views (drawn at
+            random), and with ``target="full"`` flips the sign of the simulated noise
+            (``low - full``) half the time: quantum noise is symmetric about zero, so each pair
+            gives 16 pairs, and the model learns to treat every view alike.
+        identity_pairs: with ``target="full"``, each full-dose slice is also an input with itself
+            as the target, so the model learns to leave full dose alone. Without them it learns
+            only quarter dose -> full dose, and a full-dose input gets denoised too.
     """
 
     student_args: dict[str, Any]
@@ -66,6 +73,8 @@ class DistillSettings:
     loss: str = "l1"
     init: str = "identity"
     teacher_tta: int = 1
+    augment: bool = False
+    identity_pairs: bool = True
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "max_slices"):
@@ -84,6 +93,9 @@ class DistillSettings:
             raise CTDenoiseError(f"crop {self.crop!r} must be 0 (whole slices) or a multiple of 16: e.g. --crop 256")
         if self.teacher_tta not in TTA_COPIES or isinstance(self.teacher_tta, bool):
             raise CTDenoiseError(f"teacher views {self.teacher_tta!r} must be one of {', '.join(map(str, TTA_COPIES))}")
+        for name in ("augment", "identity_pairs"):
+            if not isinstance(getattr(self, name), bool):
+                raise CTDenoiseError(f"distillation {name} must be true or false, got {getattr(self, name)!r}")
         if self.teacher_tta > 1 and self.target != "teacher":
             raise CTDenoiseError("teacher views average the teacher's outputs: use them with target teacher")
 
@@ -104,8 +116,10 @@ def _training_slices(cache_dir: PathLike, max_slices: int) -> list[np.ndarray]:
     return slices
 
 
-def _supervised_pairs(cache_dir: PathLike, max_slices: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(input, target) HU slices: simulated low dose -> its full dose, and full dose -> itself."""
+def _supervised_pairs(
+    cache_dir: PathLike, max_slices: int, identity_pairs: bool = True
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(input, target) HU slices: simulated low dose -> its full dose, and full dose -> itself if asked."""
     from ctdenoise.data import load_cache, paired_validation_slices
 
     pairs = paired_validation_slices(load_cache(cache_dir), split="train", max_slices=max_slices, seed=0)
@@ -113,7 +127,7 @@ def _supervised_pairs(cache_dir: PathLike, max_slices: int) -> list[tuple[np.nda
         raise CTDenoiseError(
             f"cache {cache_dir} has no paired training slices: prepare it with --simulate-dose for supervised training"
         )
-    return [(low, full) for full, low in pairs] + [(full, full) for full, _ in pairs]
+    return [(low, full) for full, low in pairs] + ([(full, full) for full, _ in pairs] if identity_pairs else [])
 
 
 def _random_crop(x: np.ndarray, y: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -123,6 +137,20 @@ def _random_crop(x: np.ndarray, y: np.ndarray, size: int, rng: np.random.Generat
     left = int(rng.integers(0, max(1, width - size + 1)))
     window = (..., slice(top, top + size), slice(left, left + size))
     return x[window], y[window]
+
+
+def _augmented(
+    x: np.ndarray, y: np.ndarray, view: int, flip_noise: bool, normalization: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """``[1, 1, H, W]`` input and target in dihedral ``view`` (0-7), the noise ``x - y`` negated if asked.
+
+    The negated input ``2y - x`` is clipped to the normalisation's HU range, as a real input is.
+    """
+    if flip_noise:
+        x = normalization.normalize(normalization.denormalize(2 * y - x)).astype(np.float32)
+    turns, mirror = view % 4, view >= 4
+    x, y = (np.rot90(a[..., ::-1] if mirror else a, turns, axes=(2, 3)) for a in (x, y))
+    return x, y
 
 
 def distill(
@@ -150,7 +178,7 @@ def distill(
         return normalization.normalize(hu)[None, None].astype(np.float32)
 
     if settings.target == "full":
-        pairs = _supervised_pairs(cache, settings.max_slices)
+        pairs = _supervised_pairs(cache, settings.max_slices, settings.identity_pairs)
         inputs = [pad_to_multiple(normalized(x), multiple) for x, _ in pairs]
         targets = [pad_to_multiple(normalized(y), multiple) for _, y in pairs]
     else:
@@ -193,6 +221,12 @@ def distill(
         chosen = [(inputs[i], targets[i]) for i in picks]
         if settings.crop:
             chosen = [_random_crop(a, b, settings.crop, order) for a, b in chosen]
+        if settings.augment:  # one view per batch: its slices keep one shape
+            view = int(order.integers(8))
+            chosen = [
+                _augmented(a, b, view, settings.target == "full" and bool(order.random() < 0.5), normalization)
+                for a, b in chosen
+            ]
         x = torch.from_numpy(np.ascontiguousarray(np.concatenate([a for a, _ in chosen])))
         y = torch.from_numpy(np.ascontiguousarray(np.concatenate([b for _, b in chosen])))
         loss = (torch.nn.functional.l1_loss if settings.loss == "l1" else torch.nn.functional.mse_loss)(student(x), y)
@@ -226,6 +260,8 @@ def distill(
             "init": settings.init,
             "loss": settings.loss,
             "teacher_tta": settings.teacher_tta,
+            "augment": settings.augment,
+            **({"identity_pairs": settings.identity_pairs} if settings.target == "full" else {}),
             "generator_args": teacher_model.generator_args,
             "steps": settings.steps,
             "batch_size": settings.batch_size,
