@@ -339,7 +339,7 @@ def test_distill_augmentation_gives_the_eight_views_and_the_negated_noise() -> N
     for x, y in views:  # input and target move together, and 90-degree turns swap the sides
         assert y.shape in ((1, 1, 6, 10), (1, 1, 10, 6))
         assert np.allclose(np.sort((x - y).ravel()), np.sort((low - full).ravel()))
-    assert np.array_equal(views[4][1], full[..., ::-1]) and np.array_equal(views[1][1], np.rot90(full, 1, axes=(2, 3)))
+    assert np.array_equal(views[1][1], full[..., ::-1]) and np.array_equal(views[4][1], np.rot90(full, 1, axes=(2, 3)))
     x, y = _augmented(low, full, 0, True, norm)
     assert np.allclose((x - y)[..., 1:, :], -(low - full)[..., 1:, :], atol=1e-6) and np.array_equal(y, full)
     assert x[0, 0, 0, 0] == pytest.approx(-1.024)  # -1050 HU clipped to the range, as a real input would be

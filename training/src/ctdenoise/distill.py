@@ -23,8 +23,9 @@ import torch
 
 from ctdenoise.checkpoints import load_checkpoint
 from ctdenoise.errors import CTDenoiseError
+from ctdenoise.normalization import HUNormalization
 from ctdenoise.options import TTA_COPIES
-from ctdenoise.runtimes.base import averaged_change, pad_to_multiple
+from ctdenoise.runtimes.base import VIEWS, averaged_change, pad_to_multiple
 from ctdenoise.types import PathLike
 
 
@@ -140,15 +141,15 @@ def _random_crop(x: np.ndarray, y: np.ndarray, size: int, rng: np.random.Generat
 
 
 def _augmented(
-    x: np.ndarray, y: np.ndarray, view: int, flip_noise: bool, normalization: Any
+    x: np.ndarray, y: np.ndarray, view: int, flip_noise: bool, normalization: HUNormalization
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``[1, 1, H, W]`` input and target in dihedral ``view`` (0-7), the noise ``x - y`` negated if asked.
+    """``[1, 1, H, W]`` input and target in :data:`VIEWS` ``[view]``, the noise ``x - y`` negated if asked.
 
     The negated input ``2y - x`` is clipped to the normalisation's HU range, as a real input is.
     """
     if flip_noise:
         x = normalization.normalize(normalization.denormalize(2 * y - x)).astype(np.float32)
-    turns, mirror = view % 4, view >= 4
+    turns, mirror = VIEWS[view]
     x, y = (np.rot90(a[..., ::-1] if mirror else a, turns, axes=(2, 3)) for a in (x, y))
     return x, y
 
