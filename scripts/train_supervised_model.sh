@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Reproduce the bundled supervised model (ctdenoise_supervised_v1): the bundled CycleGAN generator
+# Reproduce the bundled supervised model (ctdenoise_supervised_v2): the bundled CycleGAN generator
 # (ctdenoise_fast_v2) fine-tuned with paired L2 to full dose on simulated quarter dose, on whole
 # slices of every patient in data/ that the evaluation does not hold out, at their own pixel size
-# and resampled to 1.5 and 3.0 mm (scripts/supervised_sources.py). The abdomen series is held out
+# and resampled to 1.5 and 3.0 mm (scripts/supervised_sources.py), then its instance norms frozen
+# at their mean statistics on those slices (ctdenoise fix-norms). The abdomen series is held out
 # for validation, as for the CycleGAN.
-#   ./scripts/train_supervised_model.sh     # about 50 minutes on 2 CPU cores
+#   ./scripts/train_supervised_model.sh     # about 55 minutes on 2 CPU cores
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/setup.sh"
@@ -17,4 +18,7 @@ if [ ! -f "$run/cache/index.json" ]; then
   "$ct" prepare "$run/sources" --layout full --simulate-dose 0.25 --val-patients abdomen --out "$run/cache"
 fi
 "$ct" distill "$models/ctdenoise_fast_v2.safetensors" --cache "$run/cache" --target full --loss l2 --init teacher \
-  --batch-size 2 --lr 2e-4 --max-slices 200 --steps 2400 --out "$models/ctdenoise_supervised_v1.safetensors"
+  --batch-size 2 --lr 2e-4 --max-slices 200 --steps 2400 --out "$run/ctdenoise_supervised_v1.safetensors"
+# Frozen norms: the same result on a crop as on the whole slice (instance norm depends on the field of view).
+"$ct" fix-norms "$run/ctdenoise_supervised_v1.safetensors" --cache "$run/cache" \
+  --out "$models/ctdenoise_supervised_v2.safetensors"

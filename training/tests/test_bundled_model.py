@@ -69,8 +69,12 @@ def test_the_supervised_model_describes_itself() -> None:
     assert data["low_dose"] == "simulated" and data["pairs"] == 110 and data["patients"] == {"train": 23, "val": 1}
     assert data["spacing_mm"]["max"][0] == 3.0 and record["teacher_data"]["patients"] == {"train": 24, "val": 1}
     assert metadata["training"]["distilled_from"]["file"] == "ctdenoise_fast_v1.safetensors"  # the CycleGAN lineage
-    assert metadata["change_limit_hu"] == metadata["training"]["change_limit"]["change_limit_hu"] == 690.0
-    assert abs(metadata["metrics"]["denoised"]["psnr"] - record["agreement"]["psnr_student_db"]) < 0.01
+    fixed = metadata["training"]["fixed_norms"]  # ctdenoise_supervised_v1 with its instance norms frozen
+    assert fixed["file"] == "ctdenoise_supervised_v1.safetensors" and fixed["slices"] == 128 and args["norm"] == "fixed"
+    before = fixed["metrics_before"]["denoised"]
+    assert abs(before["psnr"] - record["agreement"]["psnr_student_db"]) < 0.01
+    # freezing the norms halved the change limit (instance norm let some slices be moved by up to 690 HU)
+    assert metadata["change_limit_hu"] == metadata["training"]["change_limit"]["change_limit_hu"] == 320.0
 
 
 @pytest.mark.parametrize("name", BUNDLED_MODELS)
@@ -109,3 +113,29 @@ def test_each_bundled_model_reduces_noise_on_simulated_quarter_dose(dicom_series
         return float(np.sqrt(((np.clip(image, *window) - np.clip(full, *window))[body] ** 2).mean()))
 
     assert rmse(denoised) < rmse(quarter)
+
+
+def test_a_crop_inside_the_body_warns_for_instance_norms_and_the_supervised_model_is_unaffected(
+    dicom_series_dir: Path,
+) -> None:
+    """A 125 mm crop of the abdomen: the CycleGAN (instance norms) warns; the supervised model (fixed
+    norms) gives inside the crop what it gives on the whole slice."""
+    from dataclasses import replace
+
+    from ctdenoise.errors import CTDenoiseWarning
+
+    volume = read_volume(dicom_series_dir)
+    whole = replace(volume, array=np.ascontiguousarray(volume.array[8:10]))
+    window = (slice(None), slice(208, 336), slice(128, 256))  # liver and kidney, no air
+    crop = replace(whole, array=np.ascontiguousarray(whole.array[window]))
+    with pytest.warns(CTDenoiseWarning, match=r"has no air .* can add noise here; .* 'ctdenoise fix-norms'"):
+        Denoiser("cyclegan", DenoiseOptions(device="cpu")).volume(crop)
+    supervised = Denoiser("supervised", DenoiseOptions(device="cpu"))
+    inner = (slice(None), slice(40, 88), slice(40, 88))
+    on_whole = supervised.volume(whole).volume.array[window][inner]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CTDenoiseWarning)
+        on_crop = supervised.volume(crop).volume.array[inner]
+    assert np.abs(on_crop - on_whole).max() < 2.0  # measured 0.0x HU; the instance-norm v1 differed by ~80 HU

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 
 from ctdenoise.baselines import bm3d_slices, gaussian_matched
 from ctdenoise.cli import main
-from ctdenoise.evaluate import edge_correlation, evaluate, load_cases
+from ctdenoise.evaluate import crop_consistency, edge_correlation, evaluate, load_cases
 from ctdenoise.io import read_volume
 from ctdenoise.noise import band_noise_std, find_flat_patches, gaussian_smooth
 from ctdenoise.physics.lowdose import simulate_low_dose
@@ -86,7 +86,24 @@ def test_tta_rows_and_mirror_turn_consistency(small_pair) -> None:
     assert plain["consistency_p999_hu"] > 1.0 and plain["consistency_max_hu"] >= plain["consistency_p999_hu"]
     assert averaged["consistency_max_hu"] < 0.05
     assert averaged["psnr"] > rows["low dose (input)"]["psnr"] + 1.0
-    assert "consistency_p999_hu" not in rows["low dose (input)"]
+    assert "consistency_p999_hu" not in rows["low dose (input)"] and "crop_diff_mean_hu" in plain
+
+
+def test_crop_consistency_tells_a_local_filter_from_one_that_sees_the_whole_slice(dicom_series_dir: Path) -> None:
+    """A local filter gives the same inside a crop; one that normalises by the slice's statistics does not."""
+    from scipy.ndimage import uniform_filter
+
+    low = read_volume(dicom_series_dir).array[8:9]  # 512 x 512, air around the body
+
+    def local(hu: np.ndarray) -> np.ndarray:
+        return uniform_filter(hu, size=(1, 5, 5), mode="reflect")
+
+    def global_scale(hu: np.ndarray) -> np.ndarray:  # what instance norm does to a network's features
+        return hu + 0.1 * (hu - hu.mean()) / hu.std() * 100.0
+
+    assert crop_consistency(local, low, local(low))["crop_diff_mean_hu"] < 1e-3
+    assert crop_consistency(global_scale, low, global_scale(low))["crop_diff_mean_hu"] > 5.0
+    assert crop_consistency(local, low[:, :300, :300], local(low[:, :300, :300])) == {}  # too small to tell
 
 
 def test_noise_is_measured_in_bright_flat_tissue_too() -> None:

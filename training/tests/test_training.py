@@ -333,20 +333,61 @@ def test_distill_augmentation_gives_the_eight_views_and_the_negated_noise() -> N
     full[..., 0, 0] = -1.0  # air, where the negated noise would pass below -1024 HU
     low = full + rng.normal(0.0, 0.05, full.shape).astype(np.float32)
     low[..., 0, 0] = -0.95  # +50 HU of noise in air
-    views = [_augmented(low, full, view, False, norm) for view in range(8)]
+    views = [_augmented(low, full, view, 1.0, norm) for view in range(8)]
     assert np.array_equal(views[0][0], low) and np.array_equal(views[0][1], full)
     assert len({v[1].tobytes() for v in views}) == 8  # eight distinct images
     for x, y in views:  # input and target move together, and 90-degree turns swap the sides
         assert y.shape in ((1, 1, 6, 10), (1, 1, 10, 6))
         assert np.allclose(np.sort((x - y).ravel()), np.sort((low - full).ravel()))
     assert np.array_equal(views[1][1], full[..., ::-1]) and np.array_equal(views[4][1], np.rot90(full, 1, axes=(2, 3)))
-    x, y = _augmented(low, full, 0, True, norm)
+    x, y = _augmented(low, full, 0, -1.0, norm)
     assert np.allclose((x - y)[..., 1:, :], -(low - full)[..., 1:, :], atol=1e-6) and np.array_equal(y, full)
     assert x[0, 0, 0, 0] == pytest.approx(-1.024)  # -1050 HU clipped to the range, as a real input would be
-    x, y = _augmented(full, full, 3, True, norm)  # full dose paired with itself stays unchanged
+    x, y = _augmented(low, full, 0, 1.7, norm)  # scaled noise: a noisier input of the same anatomy
+    assert np.allclose(x - y, 1.7 * (low - full), atol=1e-6) and np.array_equal(y, full)
+    x, y = _augmented(full, full, 3, -1.5, norm)  # full dose paired with itself stays unchanged
     assert np.array_equal(x, y)
     with pytest.raises(CTDenoiseError, match="augment must be true or false"):
         DistillSettings({}, augment="yes")  # type: ignore[arg-type]
+    with pytest.raises(CTDenoiseError, match="noise scale must be a number of at least 1"):
+        DistillSettings({}, target="full", augment=True, noise_scale=0.5)
+    with pytest.raises(CTDenoiseError, match="use it with --target full and --augment"):
+        DistillSettings({}, target="full", noise_scale=2.0)
+
+
+def test_fix_norms_gives_the_same_result_on_a_crop_as_on_the_whole_slice(tmp_path: Path, cache_dir: Path) -> None:
+    """Instance norm makes the output depend on the field of view; frozen at training statistics it does not."""
+    from ctdenoise import DenoiseOptions, Denoiser, read_model
+    from ctdenoise.data import load_cache
+    from ctdenoise.networks import build_generator
+    from ctdenoise.norm_calibration import fix_norms
+
+    teacher = train(
+        load_config(_config(tmp_path, cache_dir, max_steps=6, val_every=0)), tmp_path / "teacher", progress=False
+    ).model_path
+    fixed = tmp_path / "fixed.safetensors"
+    assert main(["fix-norms", str(teacher), "--cache", str(cache_dir), "--out", str(fixed), "--max-slices", "3"]) == 0
+    model = read_model(fixed)
+    assert model.generator_args["norm"] == "fixed" and set(model.graphs) >= {"fp32"}
+    record = model.metadata["training"]["fixed_norms"]
+    assert record["file"] == "model.safetensors" and record["slices"] == 6  # 3 low- and 3 full-dose slices
+    assert model.metadata["metrics"]["denoised"]["psnr"] > 0  # measured anew on the validation pairs
+    cache = load_cache(cache_dir)
+    low = np.asarray(cache.array(cache.volumes(dose="low")[0])[:1], dtype=np.float32)  # 256 x 256
+    window, inner = (slice(None), slice(64, 192), slice(64, 192)), (slice(None), slice(40, 88), slice(40, 88))
+
+    def crop_vs_whole(path: Path) -> float:
+        denoiser = Denoiser(path, DenoiseOptions(runtime="torch"))
+        whole, crop = denoiser.array(low)[window], denoiser.array(np.ascontiguousarray(low[window]))
+        return float(np.abs(crop[inner] - whole[inner]).max())
+
+    assert crop_vs_whole(fixed) < 0.01 < crop_vs_whole(teacher)  # beyond the receptive field, crops agree
+    with pytest.raises(CTDenoiseError, match="has fixed norms already: use it as it is"):
+        fix_norms(fixed, cache_dir, tmp_path / "again.safetensors")
+    with pytest.raises(CTDenoiseError, match="max slices must be a positive integer"):
+        fix_norms(teacher, cache_dir, tmp_path / "none.safetensors", max_slices=0)
+    with pytest.raises(CTDenoiseError, match="option norm='batch' is invalid: use one of instance, fixed"):
+        build_generator("fast", norm="batch")
 
 
 def test_distill_writes_a_smaller_student_that_follows_its_teacher(tmp_path: Path, cache_dir: Path) -> None:
@@ -429,10 +470,11 @@ def test_distill_writes_a_smaller_student_that_follows_its_teacher(tmp_path: Pat
     path = tmp_path / "second.safetensors"  # a second round from the command line, augmented
     command = ["distill", str(fine["highpass"][0]), "--cache", str(cache_dir), "--out", str(path), "--steps", "1"]
     command += ["--lowpass-tail", "--target", "full", "--init", "teacher", "--lr", "1e-9", "--augment", "--quiet"]
-    assert main([*command, "--no-identity-pairs"]) == 0
+    assert main([*command, "--no-identity-pairs", "--noise-scale", "1.5"]) == 0
     record = read_model(path).metadata["training"]["supervised"]  # the first round's record is kept inside
     assert record["augment"] is True and read_model(path).generator_args["lowpass_tail"] is True
     assert record["identity_pairs"] is False and record["slices"] == 6  # the 6 low -> full pairs alone
+    assert record["noise_scale"] == 1.5
     assert record["file"] == "highpass.safetensors" and record["earlier"]["file"] == "model.safetensors"
     assert read_model(path).metadata["training"]["data"] == load_cache(cache_dir).summary() == record["teacher_data"]
     # Following the teacher's 8-view average (on crops): the same weights now differ from the target.

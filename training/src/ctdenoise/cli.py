@@ -367,6 +367,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         max_slices=args.max_slices,
         augment=args.augment,
         identity_pairs=not args.no_identity_pairs,
+        noise_scale=args.noise_scale,
     )
     stop = _StopFlag()
     with stop, tqdm(total=settings.steps, unit="step", disable=args.quiet, dynamic_ncols=True) as bar:
@@ -377,6 +378,18 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 
         path, agreement = distill(args.teacher, args.cache, args.out, settings, progress=progress, cancel=stop)
     print(f"wrote {path}; on the validation pairs: {json.dumps(agreement)}")
+    return 0
+
+
+def _cmd_fix_norms(args: argparse.Namespace) -> int:
+    from ctdenoise.norm_calibration import fix_norms
+
+    _require_input(args.model)
+    _require_input(args.cache)
+    _refuse_same_path(args.model, args.out)
+    _check_model_output(args.out)
+    path, record = fix_norms(args.model, args.cache, args.out, max_slices=args.max_slices)
+    print(f"wrote {path}: instance norms fixed at their statistics on {record['slices']} training slices")
     return 0
 
 
@@ -783,6 +796,14 @@ def build_parser() -> argparse.ArgumentParser:
         "sign of the simulated noise half the time (16 pairs from each)",
     )
     p.add_argument(
+        "--noise-scale",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="with --target full --augment: also scale the simulated noise by a random factor between 1/S and S "
+        "(default 1: the cache's dose only), for noisier and cleaner inputs",
+    )
+    p.add_argument(
         "--no-identity-pairs",
         dest="no_identity_pairs",
         action="store_true",
@@ -809,6 +830,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_distill)
+
+    p = sub.add_parser(
+        "fix-norms",
+        help="freeze a model's instance norms at their statistics on its training slices, so that it gives the "
+        "same result on a crop as on the whole slice",
+    )
+    p.add_argument("model", help="the model (.safetensors)")
+    p.add_argument("--cache", required=True, help="its training cache (the statistics come from its train split)")
+    p.add_argument("--out", required=True, help="destination .safetensors")
+    p.add_argument("--max-slices", type=int, default=64, help="training slices per dose, evenly spread (default 64)")
+    p.set_defaults(func=_cmd_fix_norms)
 
     p = sub.add_parser("convert-seed", help="import a checkpoint saved by the seed project (never unpickles code)")
     p.add_argument("src", help="seed .pth file (keys G_Q2F_state_dict, G_F2Q_state_dict, ...)")

@@ -61,6 +61,10 @@ class DistillSettings:
         identity_pairs: with ``target="full"``, each full-dose slice is also an input with itself
             as the target, so the model learns to leave full dose alone. Without them it learns
             only quarter dose -> full dose, and a full-dose input gets denoised too.
+        noise_scale: with ``target="full"`` and ``augment``, the simulated noise is also scaled by a
+            factor drawn log-uniformly from [1 / noise_scale, noise_scale], so the model meets
+            noisier and cleaner inputs than the cache's dose gives (thin slices, large patients);
+            1: the cache's noise only.
     """
 
     student_args: dict[str, Any]
@@ -76,6 +80,7 @@ class DistillSettings:
     teacher_tta: int = 1
     augment: bool = False
     identity_pairs: bool = True
+    noise_scale: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "max_slices"):
@@ -97,24 +102,19 @@ class DistillSettings:
         for name in ("augment", "identity_pairs"):
             if not isinstance(getattr(self, name), bool):
                 raise CTDenoiseError(f"distillation {name} must be true or false, got {getattr(self, name)!r}")
+        if not (
+            isinstance(self.noise_scale, (int, float))
+            and not isinstance(self.noise_scale, bool)
+            and math.isfinite(self.noise_scale)
+            and self.noise_scale >= 1
+        ):
+            raise CTDenoiseError(
+                f"noise scale must be a number of at least 1 (1: no scaling), got {self.noise_scale!r}"
+            )
+        if self.noise_scale > 1 and not (self.augment and self.target == "full"):
+            raise CTDenoiseError("noise scaling changes the simulated noise: use it with --target full and --augment")
         if self.teacher_tta > 1 and self.target != "teacher":
             raise CTDenoiseError("teacher views average the teacher's outputs: use them with target teacher")
-
-
-def _training_slices(cache_dir: PathLike, max_slices: int) -> list[np.ndarray]:
-    """Low- and full-dose HU slices of a cache's train split, up to ``max_slices`` per dose."""
-    from ctdenoise.data import load_cache
-
-    cache = load_cache(cache_dir)
-    slices = []
-    for dose in ("low", "full"):
-        picks = [(e, i) for e in cache.volumes(split="train", dose=dose) for i in range(e.shape[0])]
-        for k in np.linspace(0, len(picks) - 1, min(max_slices, len(picks))) if picks else []:
-            entry, index = picks[round(k)]
-            slices.append(np.asarray(cache.array(entry)[index], dtype=np.float32))
-    if not slices:
-        raise CTDenoiseError(f"cache {cache_dir} has no training slices to distil on: prepare it with a train split")
-    return slices
 
 
 def _supervised_pairs(
@@ -141,17 +141,28 @@ def _random_crop(x: np.ndarray, y: np.ndarray, size: int, rng: np.random.Generat
 
 
 def _augmented(
-    x: np.ndarray, y: np.ndarray, view: int, flip_noise: bool, normalization: HUNormalization
+    x: np.ndarray, y: np.ndarray, view: int, noise_factor: float, normalization: HUNormalization
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``[1, 1, H, W]`` input and target in :data:`VIEWS` ``[view]``, the noise ``x - y`` negated if asked.
+    """``[1, 1, H, W]`` input and target in :data:`VIEWS` ``[view]``, the noise ``x - y`` times ``noise_factor``.
 
-    The negated input ``2y - x`` is clipped to the normalisation's HU range, as a real input is.
+    The new input ``y + noise_factor * (x - y)`` is clipped to the normalisation's HU range, as a
+    real input is.
     """
-    if flip_noise:
-        x = normalization.normalize(normalization.denormalize(2 * y - x)).astype(np.float32)
+    if noise_factor != 1:
+        x = normalization.normalize(normalization.denormalize(y + noise_factor * (x - y))).astype(np.float32)
     turns, mirror = VIEWS[view]
     x, y = (np.rot90(a[..., ::-1] if mirror else a, turns, axes=(2, 3)) for a in (x, y))
     return x, y
+
+
+def _noise_factor(settings: DistillSettings, order: np.random.Generator) -> float:
+    """The factor for one supervised pair's simulated noise: a random sign, and a log-uniform scale."""
+    if settings.target != "full":
+        return 1.0
+    sign = -1.0 if order.random() < 0.5 else 1.0
+    if settings.noise_scale == 1:
+        return sign
+    return sign * float(settings.noise_scale ** order.uniform(-1.0, 1.0))
 
 
 def distill(
@@ -168,7 +179,7 @@ def distill(
     ``progress(step, steps, loss)`` is called after each step; ``cancel()`` stops the run (nothing
     is written). Returns the written path and the student's agreement with the teacher.
     """
-    from ctdenoise.export import calibration_slices, validation_pairs, write_model
+    from ctdenoise.export import training_slices, validation_pairs, write_model_from_cache
     from ctdenoise.networks import build_generator, zero_residual
 
     teacher_model = load_checkpoint(teacher)
@@ -183,7 +194,7 @@ def distill(
         inputs = [pad_to_multiple(normalized(x), multiple) for x, _ in pairs]
         targets = [pad_to_multiple(normalized(y), multiple) for _, y in pairs]
     else:
-        slices = [normalized(s) for s in _training_slices(cache, settings.max_slices)]
+        slices = [normalized(s) for s in training_slices(cache, settings.max_slices)]
         inputs = [pad_to_multiple(x, multiple) for x in slices]
         targets = [pad_to_multiple(x + teacher_change(x)[:, None], multiple) for x in slices]
     args = {**teacher_model.generator_args, **settings.student_args}
@@ -223,11 +234,9 @@ def distill(
         if settings.crop:
             chosen = [_random_crop(a, b, settings.crop, order) for a, b in chosen]
         if settings.augment:  # one view per batch: its slices keep one shape
-            view = int(order.integers(8))
-            chosen = [
-                _augmented(a, b, view, settings.target == "full" and bool(order.random() < 0.5), normalization)
-                for a, b in chosen
-            ]
+            view = int(order.integers(len(VIEWS)))
+            chosen = [(a, b, _noise_factor(settings, order)) for a, b in chosen]
+            chosen = [_augmented(a, b, view, factor, normalization) for a, b, factor in chosen]
         x = torch.from_numpy(np.ascontiguousarray(np.concatenate([a for a, _ in chosen])))
         y = torch.from_numpy(np.ascontiguousarray(np.concatenate([b for _, b in chosen])))
         loss = (torch.nn.functional.l1_loss if settings.loss == "l1" else torch.nn.functional.mse_loss)(student(x), y)
@@ -262,7 +271,11 @@ def distill(
             "loss": settings.loss,
             "teacher_tta": settings.teacher_tta,
             "augment": settings.augment,
-            **({"identity_pairs": settings.identity_pairs} if settings.target == "full" else {}),
+            **(
+                {"identity_pairs": settings.identity_pairs, "noise_scale": settings.noise_scale}
+                if settings.target == "full"
+                else {}
+            ),
             "generator_args": teacher_model.generator_args,
             "steps": settings.steps,
             "batch_size": settings.batch_size,
@@ -275,16 +288,7 @@ def distill(
             **({"earlier": earlier} if earlier else {}),  # a second round keeps the first one's record
         },
     }
-    states = {"G_Q2F": student.state_dict()}
-    path = write_model(
-        states,
-        metadata,
-        out,
-        calibration=calibration_slices(cache),
-        validation=validation_pairs(cache),
-        measure_metrics=True,
-    )
-    return path, agreement
+    return write_model_from_cache(student.state_dict(), metadata, out, cache), agreement
 
 
 def _change(network: torch.nn.Module, multiple: int, copies: int) -> Callable[[np.ndarray], np.ndarray]:

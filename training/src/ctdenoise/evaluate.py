@@ -12,7 +12,9 @@ overall, for the low-dose input, every model and every baseline (:mod:`ctdenoise
   the share of the true noise's power (input minus reference) it removed at low and high frequency;
 - how much anatomy leaks into the removed noise (:func:`edge_correlation`), and seconds per slice;
 - for models, how much the output changes when the anatomy is mirrored and turned a quarter
-  (:func:`consistency`): a denoiser should not depend on which way the patient lies.
+  (:func:`consistency`): a denoiser should not depend on which way the patient lies;
+- for models, how much the output changes when only the central half of the slice is given
+  (:func:`crop_consistency`): nor should it depend on the field of view.
 
 No-reference mode (a low-dose scan alone, what most users have): flat-tissue noise ratio output /
 input, mean HU shift, edge correlation of the removed noise and seconds per slice.
@@ -142,6 +144,29 @@ def consistency(run: Callable[[np.ndarray], np.ndarray], low: np.ndarray, output
     }
 
 
+CROP_MARGIN = 80
+"""Pixels at each side of a crop left out of :func:`crop_consistency`: beyond the bundled networks'
+receptive field (about 70 pixels), so a purely convolutional network agrees exactly."""
+
+
+def crop_consistency(run: Callable[[np.ndarray], np.ndarray], low: np.ndarray, output: np.ndarray) -> dict[str, float]:
+    """How far ``run`` on the central half of the slices lies from ``output`` there, away from the crop's edges.
+
+    A network with instance norm normalises each slice by its own statistics, so its output at a
+    pixel depends on the whole field of view: a crop inside the body (a cropped volume, a small
+    reconstruction field of view) changes it. Returns the mean absolute difference in HU at least
+    :data:`CROP_MARGIN` pixels inside the crop; nothing for slices too small to leave such a region.
+    """
+    height, width = low.shape[-2:]
+    if min(height, width) // 2 <= 2 * CROP_MARGIN:
+        return {}
+    top, left = height // 4 // 16 * 16, width // 4 // 16 * 16  # on the networks' downsampling grid
+    window = (slice(None), slice(top, top + height // 2), slice(left, left + width // 2))
+    crop = run(np.ascontiguousarray(low[window]))
+    inner = (slice(None), slice(CROP_MARGIN, -CROP_MARGIN), slice(CROP_MARGIN, -CROP_MARGIN))
+    return {"crop_diff_mean_hu": float(np.abs(crop[inner] - output[window][inner]).mean())}
+
+
 def _band_power(frequency: np.ndarray, nps: np.ndarray, low: float, high: float) -> float:
     keep = (frequency >= low) & (frequency < high)
     return float(np.sum(nps[keep] * frequency[keep]))
@@ -253,6 +278,7 @@ def evaluate(
             rows[name] = {**_method_row(case, outputs[name], noise, time.perf_counter() - started), **extra}
             if number < len(denoisers):
                 rows[name].update(consistency(run, case.low, outputs[name]))
+                rows[name].update(crop_consistency(run, case.low, outputs[name]))
         if "gaussian" in baselines and denoisers and noise.patches is not None:
             if progress:
                 progress(f"{case.name}: gaussian")
@@ -311,6 +337,7 @@ COLUMNS = [
     ("edge_correlation", "edge corr. of removed", "{:.2f}"),
     ("consistency_p999_hu", "mirror/turn diff p99.9 HU", "{:.1f}"),
     ("consistency_max_hu", "mirror/turn diff max HU", "{:.0f}"),
+    ("crop_diff_mean_hu", "crop diff mean HU", "{:.1f}"),
     ("seconds_per_slice", "s/slice", "{:.2f}"),
 ]
 

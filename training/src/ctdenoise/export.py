@@ -75,6 +75,22 @@ def calibration_slices(cache_dir: PathLike, max_slices: int = CALIBRATION_SLICES
     return [np.asarray(cache.array(entry)[index], dtype=np.float32) for entry, index in chosen]
 
 
+def training_slices(cache_dir: PathLike, max_slices: int) -> list[np.ndarray]:
+    """Low- and full-dose HU slices of a cache's train split, up to ``max_slices`` per dose, evenly spread."""
+    from ctdenoise.data import load_cache
+
+    cache = load_cache(cache_dir)
+    slices = []
+    for dose in ("low", "full"):
+        picks = [(e, i) for e in cache.volumes(split="train", dose=dose) for i in range(e.shape[0])]
+        for k in np.linspace(0, len(picks) - 1, min(max_slices, len(picks))) if picks else []:
+            entry, index = picks[round(k)]
+            slices.append(np.asarray(cache.array(entry)[index], dtype=np.float32))
+    if not slices:
+        raise CTDenoiseError(f"cache {cache_dir} has no training slices to learn from: prepare it with a train split")
+    return slices
+
+
 def validation_pairs(cache_dir: PathLike, max_slices: int = VALIDATION_SLICES) -> list[tuple[np.ndarray, np.ndarray]]:
     """Aligned (full, low) HU slices of a cache's validation split (empty when it has none)."""
     from ctdenoise.data import load_cache, paired_validation_slices
@@ -357,6 +373,21 @@ def write_model(
             for name, entry in entries.items()
         }
     return export_model(generators, meta, path, extra=extra)
+
+
+def write_model_from_cache(
+    state: Mapping[str, torch.Tensor], metadata: Mapping[str, Any], path: PathLike, cache: PathLike
+) -> Path:
+    """:func:`write_model` for a G_Q2F made on training cache ``cache``: the change limit and int8
+    graph from its training slices, the validation metrics and int8 gate from its validation pairs."""
+    return write_model(
+        {"G_Q2F": state},
+        metadata,
+        path,
+        calibration=calibration_slices(cache),
+        validation=validation_pairs(cache),
+        measure_metrics=True,
+    )
 
 
 def _graph_entry(precision: str, graph: bytes, facts: dict[str, Any]) -> dict[str, Any]:

@@ -54,8 +54,13 @@ def units_problem(array: np.ndarray) -> Optional[str]:
     return None
 
 
-def check_units(array: np.ndarray, *, force: bool = False, where: str = "the input") -> list[str]:
+def check_units(
+    array: np.ndarray, *, force: bool = False, where: str = "the input", whole_slices: bool = True
+) -> list[str]:
     """Refuse ``array`` when it is probably not HU; returns the warnings to show (forced units, no air).
+
+    ``whole_slices``: the model's output depends on the whole slice (instance norms), so a volume
+    without air (a crop inside the body) gets a warning; models with fixed norms do not need it.
 
     Raises:
         CTDenoiseError: the values look like raw stored values, attenuation or 0..1 intensities,
@@ -66,10 +71,11 @@ def check_units(array: np.ndarray, *, force: bool = False, where: str = "the inp
         if not force:
             raise CTDenoiseError(f"{where} is probably not in HU: {problem}; {FORCE_HINT}")
         return [f"{where} is probably not in HU ({problem}); denoising anyway because of --force"]
-    if float(array.min()) > NO_AIR_HU:
+    if whole_slices and float(array.min()) > NO_AIR_HU:
         return [
             f"{where} has no air (minimum {float(array.min()):g} HU): a crop inside the body? The model was "
-            "trained on whole slices; check the result"
+            "trained on whole slices and normalises each by its own statistics, so it can add noise here; check "
+            "the result, or use a model with fixed norms (the bundled 'supervised', or 'ctdenoise fix-norms')"
         ]
     return []
 

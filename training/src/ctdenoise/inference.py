@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 BUNDLED_MODELS = {
     "cyclegan": "ctdenoise_fast_v2.safetensors",
-    "supervised": "ctdenoise_supervised_v1.safetensors",
+    "supervised": "ctdenoise_supervised_v2.safetensors",
 }
 """The models shipped in ``ctdenoise/models/``, by name: ``cyclegan`` (the default, a CycleGAN
 generator trained without pairs) and ``supervised`` (the same network fine-tuned on simulated
@@ -65,7 +65,7 @@ def bundled_model_path(name: str = DEFAULT_MODEL) -> Path:
         >>> bundled_model_path().name
         'ctdenoise_fast_v2.safetensors'
         >>> bundled_model_path("supervised").name
-        'ctdenoise_supervised_v1.safetensors'
+        'ctdenoise_supervised_v2.safetensors'
     """
     if name not in BUNDLED_MODELS:
         raise CTDenoiseError(
@@ -221,7 +221,9 @@ class Denoiser:
         order), rounded and clipped to its range. Same shape as ``hu``.
         """
         _check_array(hu)
-        for message in check_units(hu, force=self.options.force, where="the input"):
+        for message in check_units(
+            hu, force=self.options.force, where="the input", whole_slices=self.model.sees_whole_slices
+        ):
             warn(message)
         out = np.empty(hu.shape, dtype=_output_dtype(hu))
         slices = hu[None] if hu.ndim == 2 else hu
@@ -310,7 +312,9 @@ class Denoiser:
         """
         started = time.perf_counter()
         name = str(volume.metadata.get("source_path") or "the input")
-        messages = check_units(volume.array, force=self.options.force, where=name)
+        messages = check_units(
+            volume.array, force=self.options.force, where=name, whole_slices=self.model.sees_whole_slices
+        )
         turn = reorientation(volume.direction, self.model.orientation)
         if not turn.is_identity:
             logger.info("%s is stored %s; the network sees it as %s", name, turn, self.model.orientation)

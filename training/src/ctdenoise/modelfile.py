@@ -47,6 +47,7 @@ GENERATOR_SCHEMA: dict[str, dict[str, tuple[type, float, float]]] = {
         "out_channels": (int, 1, 1),
         "ngf": (int, 1, 128),
         "n_res_blocks": (int, 0, 32),
+        "norm": (str, 0, 0),
     },
     "fast": {
         "in_channels": (int, 1, 1),
@@ -57,8 +58,11 @@ GENERATOR_SCHEMA: dict[str, dict[str, tuple[type, float, float]]] = {
         "long_skip": (bool, 0, 1),
         "residual_highpass_sigma": (float, 0.0, 16.0),
         "lowpass_tail": (bool, 0, 1),
+        "norm": (str, 0, 0),
     },
 }
+GENERATOR_CHOICES: dict[str, tuple[str, ...]] = {"norm": ("instance", "fixed")}
+"""Text generator arguments and their allowed values (``networks.generators.NORMS``)."""
 REEXPORT = "re-export the model with 'ctdenoise export' or use another model file"
 
 
@@ -119,6 +123,12 @@ class ModelDescription:
         if self.preset != "fast":
             return 1
         return 2 ** int(self.generator_args.get("n_downsampling", 2))
+
+    @property
+    def sees_whole_slices(self) -> bool:
+        """Whether its output at a pixel depends on the whole slice (instance norms), so that a crop
+        inside the body can change it; False for fixed norms (``ctdenoise fix-norms``)."""
+        return self.generator_args.get("norm", "instance") == "instance"
 
     @property
     def graphs(self) -> dict[str, dict[str, Any]]:
@@ -322,6 +332,10 @@ def validate_metadata(metadata: Any, where: str) -> dict[str, Any]:
             raise bad(
                 f"generator.args.{name}", value, f"not an option of the {preset!r} generator: {', '.join(schema)}"
             )
+        if name in GENERATOR_CHOICES:
+            if value not in GENERATOR_CHOICES[name]:
+                raise bad(f"generator.args.{name}", value, f"expected one of {', '.join(GENERATOR_CHOICES[name])}")
+            continue
         kind, low, high = schema[name]
         if not _within(value, kind, low, high):
             raise bad(f"generator.args.{name}", value, _describe(kind, low, high))

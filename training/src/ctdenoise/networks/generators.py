@@ -2,7 +2,8 @@
 
 Both map a (B, C, H, W) slice in network units to a slice of the same shape and end with a global
 residual, ``out = x + tanh(body(x))``, so an untrained or lightly trained generator stays close to
-the identity. Instance norm is never affine (as in the seed).
+the identity. Instance norm is never affine (as in the seed); ``norm="fixed"`` freezes it at
+statistics measured on training slices (:class:`FixedNorm`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,42 @@ from ctdenoise.networks.filters import blur, check_sigma, gaussian_kernel
 MIN_SIZE = 4
 """Smallest height and width a generator accepts (its 7x7 reflection padding needs 4 pixels)."""
 
+NORMS = ("instance", "fixed")
+"""Normalisation layers: per-slice instance norm (as trained), or its statistics frozen."""
+
+
+class FixedNorm(nn.Module):
+    """Instance norm with frozen statistics: ``(x - mean) / std`` with per-channel buffers.
+
+    Instance norm normalises each slice by its own feature statistics, so the output at a pixel
+    depends on the whole field of view: on a crop inside the body (no air to set the scale) the
+    bundled models amplified the noise they should remove (PSNR 13 dB against 25 dB in). With the
+    statistics measured once on training slices (:func:`ctdenoise.norm_calibration.fix_norms`),
+    the generator is purely convolutional: a pixel's output depends on its receptive field only,
+    whatever the crop, tile or padding around it.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(channels))
+        self.register_buffer("std", torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``(x - mean) / std`` per channel."""
+        return (x - self.mean[:, None, None]) / self.std[:, None, None]
+
+
+def norm_layer(norm: str, channels: int) -> nn.Module:
+    """The normalisation layer ``norm`` (one of :data:`NORMS`) for ``channels`` channels."""
+    return nn.InstanceNorm2d(channels) if norm == "instance" else FixedNorm(channels)
+
+
+def _check_norm(owner: str, norm: str) -> str:
+    """Reject a normalisation that is not one of :data:`NORMS`."""
+    if norm not in NORMS:
+        raise CTDenoiseError(f"{owner} option norm={norm!r} is invalid: use one of {', '.join(NORMS)}")
+    return norm
+
 
 class ResidualBlock(nn.Module):
     """Two reflection-padded 3x3 convolutions at constant width, with an identity skip.
@@ -27,16 +64,16 @@ class ResidualBlock(nn.Module):
     ``res_block`` indices 1 and 5 are the convolutions, as in the seed's state dict.
     """
 
-    def __init__(self, channels: int, bias: bool = True) -> None:
+    def __init__(self, channels: int, bias: bool = True, norm: str = "instance") -> None:
         super().__init__()
         self.res_block = nn.Sequential(
             nn.ReflectionPad2d(1),
             nn.Conv2d(channels, channels, kernel_size=3, bias=bias),
-            nn.InstanceNorm2d(channels),
+            norm_layer(norm, channels),
             nn.ReLU(inplace=True),
             nn.ReflectionPad2d(1),
             nn.Conv2d(channels, channels, kernel_size=3, bias=bias),
-            nn.InstanceNorm2d(channels),
+            norm_layer(norm, channels),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -47,14 +84,14 @@ class ResidualBlock(nn.Module):
 class ConvBlock(nn.Module):
     """The seed's widening block: two bias-free 3x3 stride-1 convolutions, each with IN + ReLU."""
 
-    def __init__(self, in_channels: int, mid_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, mid_channels: int, out_channels: int, norm: str = "instance") -> None:
         super().__init__()
         self.conv = nn.Sequential(
             nn.Conv2d(in_channels, mid_channels, kernel_size=3, padding=1, bias=False),
-            nn.InstanceNorm2d(mid_channels),
+            norm_layer(norm, mid_channels),
             nn.ReLU(),
             nn.Conv2d(mid_channels, out_channels, kernel_size=3, padding=1, bias=False),
-            nn.InstanceNorm2d(out_channels),
+            norm_layer(norm, out_channels),
             nn.ReLU(),
         )
 
@@ -66,14 +103,14 @@ class ConvBlock(nn.Module):
 class DeconvBlock(nn.Module):
     """The seed's narrowing block: two bias-free 3x3 stride-1 transposed convolutions with IN + ReLU."""
 
-    def __init__(self, in_channels: int, mid_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, mid_channels: int, out_channels: int, norm: str = "instance") -> None:
         super().__init__()
         self.deconv = nn.Sequential(
             nn.ConvTranspose2d(in_channels, mid_channels, kernel_size=3, padding=1, bias=False),
-            nn.InstanceNorm2d(mid_channels),
+            norm_layer(norm, mid_channels),
             nn.ReLU(),
             nn.ConvTranspose2d(mid_channels, out_channels, kernel_size=3, padding=1, bias=False),
-            nn.InstanceNorm2d(out_channels),
+            norm_layer(norm, out_channels),
             nn.ReLU(),
         )
 
@@ -139,19 +176,22 @@ class SeedGenerator(nn.Module):
     It never downsamples, so it is costly: about 1.03 TFLOP per 512x512 slice at the defaults.
     """
 
-    def __init__(self, in_channels: int = 1, out_channels: int = 1, ngf: int = 32, n_res_blocks: int = 6) -> None:
+    def __init__(
+        self, in_channels: int = 1, out_channels: int = 1, ngf: int = 32, n_res_blocks: int = 6, norm: str = "instance"
+    ) -> None:
         super().__init__()
         _check_channels(in_channels, out_channels)
+        _check_norm("'seed' generator", norm)
         self.in_channels = in_channels
         self.first_layer = nn.Sequential(
             nn.ReflectionPad2d(3),
             nn.Conv2d(in_channels, ngf, kernel_size=7),
-            nn.InstanceNorm2d(ngf),
+            norm_layer(norm, ngf),
             nn.ReLU(inplace=True),
         )
-        self.conv_block = ConvBlock(ngf, ngf * 2, ngf * 4)
-        self.res_layers = nn.Sequential(*[ResidualBlock(ngf * 4) for _ in range(n_res_blocks)])
-        self.deconv_block = DeconvBlock(ngf * 4, ngf * 2, ngf)
+        self.conv_block = ConvBlock(ngf, ngf * 2, ngf * 4, norm)
+        self.res_layers = nn.Sequential(*[ResidualBlock(ngf * 4, norm=norm) for _ in range(n_res_blocks)])
+        self.deconv_block = DeconvBlock(ngf * 4, ngf * 2, ngf, norm)
         self.last_layer = nn.Sequential(
             nn.ReflectionPad2d(3),
             nn.Conv2d(ngf, out_channels, kernel_size=7),
@@ -197,6 +237,9 @@ class FastGenerator(nn.Module):
     :func:`zero_residual` zeroes its convolution too, so a model fine-tuned from a high-pass
     generator (supervised, where the full-dose target keeps the CT numbers honest) starts as that
     generator.
+
+    ``norm="fixed"`` uses :class:`FixedNorm` in place of instance norm (same state-dict keys, plus
+    each norm's ``mean`` and ``std``).
     """
 
     def __init__(
@@ -209,9 +252,11 @@ class FastGenerator(nn.Module):
         long_skip: bool = False,
         residual_highpass_sigma: float = 0.0,
         lowpass_tail: bool = False,
+        norm: str = "instance",
     ) -> None:
         super().__init__()
         _check_channels(in_channels, out_channels)
+        _check_norm("'fast' generator", norm)
         for name, value in (("long_skip", long_skip), ("lowpass_tail", lowpass_tail)):
             if not isinstance(value, bool):
                 raise CTDenoiseError(f"'fast' generator option {name}={value!r} is invalid: pass true or false")
@@ -232,7 +277,7 @@ class FastGenerator(nn.Module):
         self.head = nn.Sequential(
             nn.ReflectionPad2d(3),
             nn.Conv2d(in_channels, ngf, kernel_size=7, bias=False),
-            nn.InstanceNorm2d(ngf),
+            norm_layer(norm, ngf),
             nn.ReLU(inplace=True),
         )
         down: list[nn.Module] = []
@@ -240,19 +285,19 @@ class FastGenerator(nn.Module):
             width = ngf * 2**i
             down += [
                 nn.Conv2d(width, width * 2, kernel_size=3, stride=2, padding=1, bias=False),
-                nn.InstanceNorm2d(width * 2),
+                norm_layer(norm, width * 2),
                 nn.ReLU(inplace=True),
             ]
         self.down = nn.Sequential(*down)
         inner = ngf * self.multiple
-        self.res_layers = nn.Sequential(*[ResidualBlock(inner, bias=False) for _ in range(n_res_blocks)])
+        self.res_layers = nn.Sequential(*[ResidualBlock(inner, bias=False, norm=norm) for _ in range(n_res_blocks)])
         up: list[nn.Module] = []
         for i in range(n_downsampling, 0, -1):
             width = ngf * 2**i
             up += [
                 nn.Upsample(scale_factor=2, mode="nearest"),
                 nn.Conv2d(width, width // 2, kernel_size=3, padding=1, padding_mode="reflect", bias=False),
-                nn.InstanceNorm2d(width // 2),
+                norm_layer(norm, width // 2),
                 nn.ReLU(inplace=True),
             ]
         self.up = nn.Sequential(*up)
