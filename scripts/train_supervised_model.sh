@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Reproduce the bundled supervised model (ctdenoise_supervised_v2): the bundled CycleGAN generator
+# Reproduce the bundled supervised model (ctdenoise_supervised_v3): the bundled CycleGAN generator
 # (ctdenoise_fast_v2) fine-tuned with paired L2 to full dose on simulated quarter dose, on whole
 # slices of every patient in data/ that the evaluation does not hold out, at their own pixel size
-# and resampled to 1.5 and 3.0 mm (scripts/supervised_sources.py), then its instance norms frozen
-# at their mean statistics on those slices (ctdenoise fix-norms). The abdomen series is held out
-# for validation, as for the CycleGAN.
-#   ./scripts/train_supervised_model.sh     # about 55 minutes on 2 CPU cores
+# and resampled to 1.5 and 3.0 mm (scripts/supervised_sources.py) (v1); v1 fine-tuned again without
+# the full-dose -> full-dose pairs, in mirrored/rotated views, so that it removes more noise; the
+# two averaged weight by weight (ctdenoise average); then the average's instance norms frozen at
+# their mean statistics on those slices (ctdenoise fix-norms). The abdomen series is held out for
+# validation, as for the CycleGAN.
+#   ./scripts/train_supervised_model.sh     # about 95 minutes on 2 CPU cores
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/setup.sh"
@@ -19,6 +21,11 @@ if [ ! -f "$run/cache/index.json" ]; then
 fi
 "$ct" distill "$models/ctdenoise_fast_v2.safetensors" --cache "$run/cache" --target full --loss l2 --init teacher \
   --batch-size 2 --lr 2e-4 --max-slices 200 --steps 2400 --out "$run/ctdenoise_supervised_v1.safetensors"
+"$ct" distill "$run/ctdenoise_supervised_v1.safetensors" --cache "$run/cache" --target full --loss l2 --init teacher \
+  --augment --no-identity-pairs --batch-size 2 --lr 1e-4 --max-slices 200 --steps 1600 \
+  --out "$run/ctdenoise_supervised_v1_no_identity.safetensors"
+# Equal weights (WiSE-FT): the fine-tuned model's noise removal, v1's restraint on low-noise slices.
+"$ct" average "$run/ctdenoise_supervised_v1.safetensors" "$run/ctdenoise_supervised_v1_no_identity.safetensors" \
+  --cache "$run/cache" --out "$run/averaged.safetensors"
 # Frozen norms: the same result on a crop as on the whole slice (instance norm depends on the field of view).
-"$ct" fix-norms "$run/ctdenoise_supervised_v1.safetensors" --cache "$run/cache" \
-  --out "$models/ctdenoise_supervised_v2.safetensors"
+"$ct" fix-norms "$run/averaged.safetensors" --cache "$run/cache" --out "$models/ctdenoise_supervised_v3.safetensors"

@@ -69,12 +69,19 @@ def test_the_supervised_model_describes_itself() -> None:
     assert data["low_dose"] == "simulated" and data["pairs"] == 110 and data["patients"] == {"train": 23, "val": 1}
     assert data["spacing_mm"]["max"][0] == 3.0 and record["teacher_data"]["patients"] == {"train": 24, "val": 1}
     assert metadata["training"]["distilled_from"]["file"] == "ctdenoise_fast_v1.safetensors"  # the CycleGAN lineage
-    fixed = metadata["training"]["fixed_norms"]  # ctdenoise_supervised_v1 with its instance norms frozen
-    assert fixed["file"] == "ctdenoise_supervised_v1.safetensors" and fixed["slices"] == 128 and args["norm"] == "fixed"
-    before = fixed["metrics_before"]["denoised"]
-    assert abs(before["psnr"] - record["agreement"]["psnr_student_db"]) < 0.01
-    # freezing the norms halved the change limit (instance norm let some slices be moved by up to 690 HU)
-    assert metadata["change_limit_hu"] == metadata["training"]["change_limit"]["change_limit_hu"] == 320.0
+    averaged = metadata["training"]["averaged"]  # v1 and v1 fine-tuned without identity pairs, weights averaged
+    parts = averaged["models"]
+    assert [(p["file"], p["weight"]) for p in parts] == [
+        ("ctdenoise_supervised_v1.safetensors", 0.5),
+        ("ctdenoise_supervised_v1_no_identity.safetensors", 0.5),
+    ]
+    assert parts[0]["training"]["supervised"]["steps"] == 2400
+    tuned = parts[1]["training"]["supervised"]
+    assert tuned["file"] == "ctdenoise_supervised_v1.safetensors" and tuned["identity_pairs"] is False
+    assert tuned["augment"] is True and tuned["steps"] == 1600 and tuned["slices"] == 118
+    fixed = metadata["training"]["fixed_norms"]  # then the average's instance norms frozen
+    assert fixed["file"] == "averaged.safetensors" and fixed["slices"] == 128 and args["norm"] == "fixed"
+    assert metadata["change_limit_hu"] == metadata["training"]["change_limit"]["change_limit_hu"] == 360.0
 
 
 @pytest.mark.parametrize("name", BUNDLED_MODELS)

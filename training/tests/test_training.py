@@ -390,6 +390,43 @@ def test_fix_norms_gives_the_same_result_on_a_crop_as_on_the_whole_slice(tmp_pat
         build_generator("fast", norm="batch")
 
 
+def test_average_writes_the_weighted_mean_of_compatible_models(tmp_path: Path, cache_dir: Path) -> None:
+    """`ctdenoise average`: the weighted mean of the weights, a valid model, its parts recorded."""
+    from ctdenoise import read_model
+    from ctdenoise.export import write_model_from_cache
+    from ctdenoise.norm_calibration import fix_norms
+    from ctdenoise.weight_averaging import average_models
+
+    first = train(
+        load_config(_config(tmp_path, cache_dir, max_steps=4, val_every=0)), tmp_path / "first", progress=False
+    ).model_path
+    state = {k: v for k, v in load_file(first).items() if k.startswith("G_Q2F.")}
+    moved = {k.removeprefix("G_Q2F."): v + 0.01 if v.is_floating_point() else v for k, v in state.items()}
+    second = write_model_from_cache(moved, read_model(first).metadata, tmp_path / "second.safetensors", cache_dir)
+    out, before = tmp_path / "mean.safetensors", first.read_bytes()
+    args = ["average", str(first), str(second), "--weights", "3", "1", "--cache", str(cache_dir), "--out", str(out)]
+    assert main(args) == 0
+    averaged = load_file(out)
+    for key, value in state.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(averaged[key], value + 0.0025, rtol=0, atol=1e-6)
+    model = read_model(out)
+    record = model.metadata["training"]["averaged"]
+    assert [(m["file"], m["weight"]) for m in record["models"]] == [(first.name, 0.75), ("second.safetensors", 0.25)]
+    assert set(model.graphs) >= {"fp32"} and model.metadata["metrics"]["denoised"]["psnr"] > 0
+    assert first.read_bytes() == before  # inputs untouched
+    with pytest.raises(CTDenoiseError, match="averaging needs at least two models, got 1: name two or more"):
+        average_models([first], cache_dir, tmp_path / "one.safetensors")
+    with pytest.raises(CTDenoiseError, match="got 1 weights for 2 models: give one weight per model"):
+        average_models([first, second], cache_dir, tmp_path / "w.safetensors", weights=[1.0])
+    with pytest.raises(CTDenoiseError, match="weights must be numbers of at least 0 with a positive sum"):
+        average_models([first, second], cache_dir, tmp_path / "w.safetensors", weights=[1.0, -1.0])
+    fixed, _ = fix_norms(first, cache_dir, tmp_path / "fixed.safetensors", max_slices=1)
+    with pytest.raises(CTDenoiseError, match="differ in their generator .* average only models fine-tuned from one"):
+        average_models([first, fixed], cache_dir, tmp_path / "mixed.safetensors")
+    assert main(["average", str(first), str(second), "--cache", str(cache_dir), "--out", str(first)]) == 2
+
+
 def test_distill_writes_a_smaller_student_that_follows_its_teacher(tmp_path: Path, cache_dir: Path) -> None:
     """A tiny trained teacher distilled into a narrower student: a valid model with graphs, its teacher recorded."""
     from ctdenoise import DenoiseOptions, Denoiser, read_model

@@ -393,6 +393,20 @@ def _cmd_fix_norms(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_average(args: argparse.Namespace) -> int:
+    from ctdenoise.weight_averaging import average_models
+
+    for model in args.models:
+        _require_input(model)
+        _refuse_same_path(model, args.out)
+    _require_input(args.cache)
+    _check_model_output(args.out)
+    path, record = average_models(args.models, args.cache, args.out, weights=args.weights)
+    shares = ", ".join(f"{entry['file']} x {entry['weight']:g}" for entry in record["models"])
+    print(f"wrote {path}: the weights of {shares}")
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -841,6 +855,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="destination .safetensors")
     p.add_argument("--max-slices", type=int, default=64, help="training slices per dose, evenly spread (default 64)")
     p.set_defaults(func=_cmd_fix_norms)
+
+    p = sub.add_parser(
+        "average",
+        help="average the weights of models fine-tuned from one another (WiSE-FT): one model that keeps "
+        "the strengths of both, at the cost of one",
+    )
+    p.add_argument("models", nargs="+", help="two or more models (.safetensors) with the same architecture")
+    p.add_argument("--weights", type=float, nargs="+", help="one weight per model, scaled to sum to 1 (default: equal)")
+    p.add_argument("--cache", required=True, help="the training cache (change limit, graphs and validation)")
+    p.add_argument("--out", required=True, help="destination .safetensors")
+    p.set_defaults(func=_cmd_average)
 
     p = sub.add_parser("convert-seed", help="import a checkpoint saved by the seed project (never unpickles code)")
     p.add_argument("src", help="seed .pth file (keys G_Q2F_state_dict, G_F2Q_state_dict, ...)")

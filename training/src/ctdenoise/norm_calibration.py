@@ -62,13 +62,18 @@ def norm_statistics(generator: nn.Module, slices: Sequence[np.ndarray]) -> dict[
     return {name: (mean / len(slices), var / len(slices)) for name, (mean, var) in sums.items()}
 
 
+def fixed_norm_args(args: dict[str, Any]) -> dict[str, Any]:
+    """The constructor arguments of the fixed-norm twin of a generator built with ``args``."""
+    return {**args, "norm": "fixed"}
+
+
 def fixed_norm_generator(
     generator: nn.Module, preset: str, args: dict[str, Any], slices: Sequence[np.ndarray]
 ) -> nn.Module:
     """A copy of instance-norm ``generator`` (built from ``preset`` and ``args``) whose norms are
     frozen at their average statistics on ``slices`` (normalised ``[H, W]`` arrays)."""
     statistics = norm_statistics(generator, slices)
-    fixed = build_generator(preset, **{**args, "norm": "fixed"})
+    fixed = build_generator(preset, **fixed_norm_args(args))
     fixed.load_state_dict(generator.state_dict(), strict=False)  # the weights; the norms' buffers follow
     for name, (mean, var) in statistics.items():
         module = fixed.get_submodule(name)
@@ -87,14 +92,13 @@ def fix_norms(model: PathLike, cache: PathLike, out: PathLike, max_slices: int =
     if isinstance(max_slices, bool) or not isinstance(max_slices, int) or max_slices < 1:
         raise CTDenoiseError(f"max slices must be a positive integer, got {max_slices!r}")
     checkpoint = load_checkpoint(model)
-    if checkpoint.generator_args.get("norm", "instance") != "instance":
+    if not checkpoint.sees_whole_slices:
         raise CTDenoiseError(f"model {model} has fixed norms already: use it as it is")
     normalization = checkpoint.normalization
     slices = [normalization.normalize(s).astype(np.float32) for s in training_slices(cache, max_slices)]
-    args = {**checkpoint.generator_args, "norm": "fixed"}
     generator = fixed_norm_generator(checkpoint.generator, checkpoint.preset, checkpoint.generator_args, slices)
     metadata = dict(checkpoint.metadata)
-    metadata["generator"] = {"preset": checkpoint.preset, "args": args}
+    metadata["generator"] = {"preset": checkpoint.preset, "args": fixed_norm_args(checkpoint.generator_args)}
     record = {
         "method": "instance norms frozen at their mean statistics on the training slices",
         "file": Path(model).name,
