@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce the bundled supervised model (ctdenoise_supervised_v3): the bundled CycleGAN generator
-# (ctdenoise_fast_v2) fine-tuned with paired L2 to full dose on simulated quarter dose, on whole
+# (ctdenoise_fast_v2, the default before ctdenoise_fast_v3; kept in training/models/) fine-tuned with paired L2 to full dose on simulated quarter dose, on whole
 # slices of every patient in data/ that the evaluation does not hold out, at their own pixel size
 # and resampled to 1.5 and 3.0 mm (scripts/supervised_sources.py) (v1); v1 fine-tuned again without
 # the full-dose -> full-dose pairs, in mirrored/rotated views, so that it removes more noise; the
@@ -19,7 +19,7 @@ if [ ! -f "$run/cache/index.json" ]; then
   "$root/.venv/bin/python" "$root/scripts/supervised_sources.py" "$root/data" "$run/sources"
   "$ct" prepare "$run/sources" --layout full --simulate-dose 0.25 --val-patients abdomen --out "$run/cache"
 fi
-"$ct" distill "$models/ctdenoise_fast_v2.safetensors" --cache "$run/cache" --target full --loss l2 --init teacher \
+"$ct" distill "$root/training/models/ctdenoise_fast_v2.safetensors" --cache "$run/cache" --target full --loss l2 --init teacher \
   --batch-size 2 --lr 2e-4 --max-slices 200 --steps 2400 --out "$run/ctdenoise_supervised_v1.safetensors"
 "$ct" distill "$run/ctdenoise_supervised_v1.safetensors" --cache "$run/cache" --target full --loss l2 --init teacher \
   --augment --no-identity-pairs --batch-size 2 --lr 1e-4 --max-slices 200 --steps 1600 \

@@ -42,7 +42,7 @@ from ctdenoise.types import CancelCallback, PathLike, ProgressCallback
 logger = logging.getLogger(__name__)
 
 BUNDLED_MODELS = {
-    "cyclegan": "ctdenoise_fast_v2.safetensors",
+    "cyclegan": "ctdenoise_fast_v3.safetensors",
     "supervised": "ctdenoise_supervised_v3.safetensors",
 }
 """The models shipped in ``ctdenoise/models/``, by name: ``cyclegan`` (the default, a CycleGAN
@@ -63,7 +63,7 @@ def bundled_model_path(name: str = DEFAULT_MODEL) -> Path:
 
     Examples:
         >>> bundled_model_path().name
-        'ctdenoise_fast_v2.safetensors'
+        'ctdenoise_fast_v3.safetensors'
         >>> bundled_model_path("supervised").name
         'ctdenoise_supervised_v3.safetensors'
     """
