@@ -419,8 +419,9 @@ def test_average_writes_the_weighted_mean_of_compatible_models(tmp_path: Path, c
         average_models([first], cache_dir, tmp_path / "one.safetensors")
     with pytest.raises(CTDenoiseError, match="got 1 weights for 2 models: give one weight per model"):
         average_models([first, second], cache_dir, tmp_path / "w.safetensors", weights=[1.0])
-    with pytest.raises(CTDenoiseError, match="weights must be numbers of at least 0 with a positive sum"):
-        average_models([first, second], cache_dir, tmp_path / "w.safetensors", weights=[1.0, -1.0])
+    for bad in ([1.0, -1.0], [0.0, 0.0], [1.0, float("inf")]):
+        with pytest.raises(CTDenoiseError, match="weights must be finite numbers of at least 0 with a positive sum"):
+            average_models([first, second], cache_dir, tmp_path / "w.safetensors", weights=bad)
     fixed, _ = fix_norms(first, cache_dir, tmp_path / "fixed.safetensors", max_slices=1)
     with pytest.raises(CTDenoiseError, match="differ in their generator .* average only models fine-tuned from one"):
         average_models([first, fixed], cache_dir, tmp_path / "mixed.safetensors")

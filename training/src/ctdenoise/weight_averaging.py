@@ -10,6 +10,7 @@ and orientation, and writes the average with new graphs, change limit and valida
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,9 +20,9 @@ from ctdenoise.checkpoints import ModelCheckpoint, load_checkpoint
 from ctdenoise.errors import CTDenoiseError
 from ctdenoise.types import PathLike
 
-SHARED_RECORDS = ("data", "config", "change_limit", "device", "world_size", "steps", "averaged")
+SHARED_RECORDS = ("data", "config", "change_limit", "device", "world_size", "steps")
 """``training`` entries not copied into the record of each averaged model: the cache's data and
-the teacher's recipe they share, and what is measured anew."""
+the teacher's recipe they share, and what is measured anew. An earlier average stays, nested."""
 
 
 def averaging_weights(count: int, weights: Sequence[float] | None) -> list[float]:
@@ -33,8 +34,9 @@ def averaging_weights(count: int, weights: Sequence[float] | None) -> list[float
     values = list(weights)
     if len(values) != count:
         raise CTDenoiseError(f"got {len(values)} weights for {count} models: give one weight per model")
-    if any(isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0 for w in values) or sum(values) <= 0:
-        raise CTDenoiseError(f"weights must be numbers of at least 0 with a positive sum, got {values}")
+    numbers = all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) for w in values)
+    if not numbers or any(w < 0 for w in values) or sum(values) <= 0:
+        raise CTDenoiseError(f"weights must be finite numbers of at least 0 with a positive sum, got {values}")
     total = float(sum(values))
     return [float(w) / total for w in values]
 
