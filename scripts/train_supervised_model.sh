@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Reproduce the bundled supervised model (ctdenoise_supervised_v3): the bundled CycleGAN generator
-# (ctdenoise_fast_v2, the default before ctdenoise_fast_v3; kept in training/models/) fine-tuned with paired L2 to full dose on simulated quarter dose, on whole
+# Reproduce the bundled supervised model (ctdenoise_supervised_v3): the CycleGAN student
+# ctdenoise_fast_v2 (the default before ctdenoise_fast_v3; kept in training/models/) fine-tuned
+# with paired L2 to full dose on simulated quarter dose, on whole
 # slices of every patient in data/ that the evaluation does not hold out, at their own pixel size
 # and resampled to 1.5 and 3.0 mm (scripts/supervised_sources.py) (v1); v1 fine-tuned again without
 # the full-dose -> full-dose pairs, in mirrored/rotated views, so that it removes more noise; the
