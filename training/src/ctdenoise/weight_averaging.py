@@ -60,8 +60,10 @@ def average_state(states: Sequence[dict[str, torch.Tensor]], weights: Sequence[f
     """The weighted average of state dicts with the same keys and shapes, in float64 then cast back."""
     average = {}
     for key, first in states[0].items():
-        total = sum(w * state[key].double() for w, state in zip(weights, states))
-        average[key] = total.to(first.dtype) if first.is_floating_point() else first.clone()
+        if first.is_floating_point():
+            average[key] = sum(w * state[key].double() for w, state in zip(weights, states)).to(first.dtype)
+        else:  # counters and the like are not averaged: the first model's stand
+            average[key] = first.clone()
     return average
 
 
@@ -70,8 +72,8 @@ def average_models(
 ) -> tuple[Path, dict[str, Any]]:
     """Write the weighted average of ``models`` (equal weights by default) to ``out``, with graphs,
     change limit and validation metrics measured on ``cache``. Metadata comes from the first model,
-    with ``training.averaged`` recording each model, its weight, metrics and training records. Returns the written path
-    and that record."""
+    with ``training.averaged`` recording each model, its weight, metrics and training records.
+    Returns the written path and that record."""
     from ctdenoise.export import write_model_from_cache
 
     shares = averaging_weights(len(models), weights)
