@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from ctdenoise.metrics import image_quality, metric_convention, roi_statistics
+from ctdenoise.metrics import image_quality, metric_convention, pooled_quality, roi_statistics, stacks_by_shape
 
 
 def test_psnr_and_rmse_against_hand_computed_values() -> None:
@@ -56,3 +56,20 @@ def test_convention_and_roi() -> None:
 def test_shape_mismatch_is_refused() -> None:
     with pytest.raises(ValueError, match="shape mismatch"):
         image_quality(np.zeros((4, 4)), np.zeros((4, 5)))
+
+
+def test_slices_of_different_sizes_are_measured_together() -> None:
+    """Validation slices of several sizes: stacked per shape, PSNR/SSIM averaged per slice, RMSE over voxels."""
+    rng = np.random.default_rng(2)
+    references = [rng.normal(40, 60, shape).astype(np.float32) for shape in ((64, 64), (48, 80), (64, 64))]
+    predictions = [r + rng.normal(0, sigma, r.shape).astype(np.float32) for r, sigma in zip(references, (10, 40, 20))]
+    stacks = stacks_by_shape(list(zip(predictions, references)))
+    assert [s[0].shape for s in stacks] == [(2, 64, 64), (1, 48, 80)]  # first-seen order, one stack per shape
+    pooled = pooled_quality(stacks)
+    single = [image_quality(p, r) for p, r in zip(predictions, references)]
+    assert pooled["psnr"] == pytest.approx(np.mean([q["psnr"] for q in single]), abs=1e-4)
+    assert pooled["ssim"] == pytest.approx(np.mean([q["ssim"] for q in single]), abs=1e-5)
+    errors = np.concatenate([(p - r).ravel() for p, r in zip(predictions, references)])
+    assert pooled["rmse_hu"] == pytest.approx(float(np.sqrt(np.mean(errors.astype(np.float64) ** 2))), rel=1e-5)
+    with pytest.raises(ValueError, match="no images"):
+        pooled_quality([])

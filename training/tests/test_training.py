@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -353,6 +354,46 @@ def test_distill_augmentation_gives_the_eight_views_and_the_negated_noise() -> N
         DistillSettings({}, target="full", augment=True, noise_scale=0.5)
     with pytest.raises(CTDenoiseError, match="use it with --target full and --augment"):
         DistillSettings({}, target="full", noise_scale=2.0)
+
+
+def test_validation_slices_of_different_sizes(tmp_path: Path, data_dir: Path) -> None:
+    """A validation split of single slices from several scanners differs in size: training validates
+    on all of them and a written model's metrics pool them (np.stack refused this once)."""
+    from ctdenoise.data import load_cache
+    from ctdenoise.export import validation_metrics, validation_pairs
+    from ctdenoise.metrics import image_quality
+
+    volume = read_volume(data_dir / "totalsegmentator" / "example_ct_dicom")
+    full = tmp_path / "full"
+    full.mkdir()
+    for name, part in (
+        ("train", volume.array[0:4, 128:384, 128:384]),
+        ("valA", volume.array[10:12, 128:384, 128:384]),
+        ("valB", volume.array[15:17, 160:352, 96:416]),
+    ):
+        write_volume(type(volume)(part, volume.spacing, volume.origin, volume.direction), full / f"{name}.nii.gz")
+    cache = tmp_path / "cache"
+    args = ["prepare", str(full), "--layout", "full", "--simulate-dose", "0.25", "--out", str(cache), "--quiet"]
+    assert main(args + ["--val-patients", "valA", "valB"]) == 0
+    pairs = validation_pairs(cache)
+    assert {f.shape for f, _ in pairs} == {(256, 256), (192, 320)} and len(load_cache(cache).pairs("val")) == 2
+    result = train(
+        load_config(_config(tmp_path, cache, max_steps=4, val_every=4, val_slices=4, checkpoint_every=4)),
+        tmp_path / "run",
+        progress=False,
+    )
+    assert result.metrics["slices"] == 4 and math.isfinite(result.metrics["denoised"]["psnr"])
+    checkpoint = load_checkpoint(result.model_path)
+    metrics = validation_metrics(checkpoint, pairs)
+    from ctdenoise.inference import denoise_array
+    from ctdenoise.options import DenoiseOptions
+
+    options = DenoiseOptions(device="cpu", runtime="torch", force=True)
+    per_slice = [image_quality(denoise_array(low, checkpoint, options), f)["psnr"] for f, low in pairs]
+    assert metrics["slices"] == len(pairs) and metrics["denoised"]["psnr"] == pytest.approx(
+        np.mean(per_slice), abs=1e-3
+    )
+    assert metrics["low_dose_input"]["psnr"] == pytest.approx(np.mean([image_quality(q, f)["psnr"] for f, q in pairs]))
 
 
 def test_fix_norms_gives_the_same_result_on_a_crop_as_on_the_whole_slice(tmp_path: Path, cache_dir: Path) -> None:

@@ -107,16 +107,16 @@ def validation_metrics(
     its own weights.
     """
     from ctdenoise.inference import denoise_array
-    from ctdenoise.metrics import image_quality, metric_convention
+    from ctdenoise.metrics import metric_convention, pooled_quality, stacks_by_shape
     from ctdenoise.options import DenoiseOptions
 
-    full = np.stack([f for f, _ in pairs])
-    low = np.stack([q for _, q in pairs])
-    denoised = denoise_array(low, checkpoint, DenoiseOptions(device="cpu", runtime="torch", force=True))
+    options = DenoiseOptions(device="cpu", runtime="torch", force=True)
+    stacks = stacks_by_shape(pairs)
+    denoised = [denoise_array(low, checkpoint, options) for _, low in stacks]
     return {
         "step": step,
-        "denoised": image_quality(denoised, full),
-        "low_dose_input": image_quality(low, full),
+        "denoised": pooled_quality([(d, full) for d, (full, _) in zip(denoised, stacks)]),
+        "low_dose_input": pooled_quality([(low, full) for full, low in stacks]),
         "convention": metric_convention(),
         "slices": len(pairs),
     }

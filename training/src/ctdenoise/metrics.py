@@ -54,6 +54,34 @@ def image_quality(
     return {"psnr": float(psnr), "ssim": float(ssim), "rmse_hu": float(rmse)}
 
 
+def stacks_by_shape(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(a, b)`` slice pairs -> ``(A, B)`` stacks, one per slice shape, in first-seen order.
+
+    Validation slices of a cache may differ in size (single slices of several scanners, resampled
+    pixel sizes); a network runs, and :func:`image_quality` measures, one shape at a time.
+    """
+    groups: dict[tuple[int, ...], list[tuple[np.ndarray, np.ndarray]]] = {}
+    for a, b in pairs:
+        groups.setdefault(np.shape(a), []).append((a, b))
+    return [(np.stack([a for a, _ in group]), np.stack([b for _, b in group])) for group in groups.values()]
+
+
+def pooled_quality(
+    parts: Sequence[tuple[np.ndarray, np.ndarray]], window: Sequence[float] = DEFAULT_WINDOW
+) -> dict[str, float]:
+    """:func:`image_quality` over ``(prediction, reference)`` stacks of different slice shapes:
+    PSNR and SSIM are means over all slices, RMSE is over all voxels."""
+    rows = [(image_quality(p, r, window), int(np.shape(p)[0]), int(np.size(p))) for p, r in parts]
+    if not rows:
+        raise ValueError("no images to measure")
+    slices, voxels = sum(n for _, n, _ in rows), sum(v for _, _, v in rows)
+    return {
+        "psnr": sum(q["psnr"] * n for q, n, _ in rows) / slices,
+        "ssim": sum(q["ssim"] * n for q, n, _ in rows) / slices,
+        "rmse_hu": float(np.sqrt(sum(q["rmse_hu"] ** 2 * v for q, _, v in rows) / voxels)),
+    }
+
+
 def metric_convention(window: Sequence[float] = DEFAULT_WINDOW) -> dict[str, Any]:
     """A record of how :func:`image_quality` measured, for tables and checkpoint metadata."""
     low, high = float(window[0]), float(window[1])

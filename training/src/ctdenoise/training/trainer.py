@@ -408,12 +408,11 @@ class Trainer:
         if not self.val_pairs:
             return None
         from ctdenoise.inference import denoise_array
-        from ctdenoise.metrics import image_quality, metric_convention
+        from ctdenoise.metrics import metric_convention, pooled_quality, stacks_by_shape
         from ctdenoise.options import DenoiseOptions
 
         window = self.config.train.val_window
-        full = np.stack([f for f, _ in self.val_pairs])
-        low = np.stack([q for _, q in self.val_pairs])
+        stacks = stacks_by_shape(self.val_pairs)
         model = ModelCheckpoint(
             path=self.out_dir / "model.safetensors", metadata=self.model_metadata(), generator=self.g_q2f
         )
@@ -421,17 +420,18 @@ class Trainer:
             device=str(self.device), batch_size=2, precision="auto" if self.amp_dtype else "fp32", force=True
         )
         try:
-            denoised = denoise_array(low, model, options)
+            denoised = [denoise_array(low, model, options) for _, low in stacks]
         finally:
             self.g_q2f.train()
         metrics = {
             "step": self.step,
-            "denoised": image_quality(denoised, full, window),
-            "low_dose_input": image_quality(low, full, window),
+            "denoised": pooled_quality([(d, full) for d, (full, _) in zip(denoised, stacks)], window),
+            "low_dose_input": pooled_quality([(low, full) for full, low in stacks], window),
             "convention": metric_convention(window),
             "slices": len(self.val_pairs),
         }
-        return Validation(metrics, (low[0], denoised[0], full[0]))
+        full, low = stacks[0]
+        return Validation(metrics, (low[0], denoised[0][0], full[0]))
 
     # ------------------------------------------------------------------ save
     def save_state(self) -> Path:
