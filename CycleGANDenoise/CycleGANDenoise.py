@@ -1128,7 +1128,7 @@ class CycleGANDenoiseTest(ScriptedLoadableModuleTest):
         self.assertEqual(logic.bundledModels(), ["cyclegan", "supervised"])
         text, valid = logic.modelDescription("supervised")
         self.assertTrue(valid, text)
-        self.assertIn("ctdenoise_supervised_v3.safetensors", text)
+        self.assertIn("ctdenoise_supervised_v4.safetensors", text)
         inputNode = self._sample()
         before = slicer.util.arrayFromVolume(inputNode).copy()
         after = slicer.util.arrayFromVolume(logic.denoise(inputNode, checkpoint="supervised", device="cpu"))

@@ -319,7 +319,7 @@ def test_warnings_reach_stderr_and_the_json_stream(work: Path) -> None:
     # the bundled supervised model, chosen by name, was trained on pixels up to 3 mm: no warning
     result = _run("denoise", str(small), str(work / "sup.nii.gz"), "--checkpoint", "supervised", "--progress", "json")
     assert result.returncode == 0 and result.stderr == "", result.stderr
-    assert json.loads(result.stdout.splitlines()[-1])["model"]["file"] == "ctdenoise_supervised_v3.safetensors"
+    assert json.loads(result.stdout.splitlines()[-1])["model"]["file"] == "ctdenoise_supervised_v4.safetensors"
 
 
 def test_input_that_is_not_hu_is_refused_in_one_line_unless_forced(

@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 BUNDLED_MODELS = {
     "cyclegan": "ctdenoise_fast_v3.safetensors",
-    "supervised": "ctdenoise_supervised_v3.safetensors",
+    "supervised": "ctdenoise_supervised_v4.safetensors",
 }
 """The models shipped in ``ctdenoise/models/``, by name: ``cyclegan`` (the default, a CycleGAN
 generator trained without pairs) and ``supervised`` (the same network fine-tuned on simulated
@@ -65,7 +65,7 @@ def bundled_model_path(name: str = DEFAULT_MODEL) -> Path:
         >>> bundled_model_path().name
         'ctdenoise_fast_v3.safetensors'
         >>> bundled_model_path("supervised").name
-        'ctdenoise_supervised_v3.safetensors'
+        'ctdenoise_supervised_v4.safetensors'
     """
     if name not in BUNDLED_MODELS:
         raise CTDenoiseError(
