@@ -107,16 +107,14 @@ def validation_metrics(
     its own weights.
     """
     from ctdenoise.inference import denoise_array
-    from ctdenoise.metrics import metric_convention, pooled_quality, stacks_by_shape
+    from ctdenoise.metrics import denoising_quality, metric_convention
     from ctdenoise.options import DenoiseOptions
 
     options = DenoiseOptions(device="cpu", runtime="torch", force=True)
-    stacks = stacks_by_shape(pairs)
-    denoised = [denoise_array(low, checkpoint, options) for _, low in stacks]
+    figures, _ = denoising_quality(pairs, lambda low: denoise_array(low, checkpoint, options))
     return {
         "step": step,
-        "denoised": pooled_quality([(d, full) for d, (full, _) in zip(denoised, stacks)]),
-        "low_dose_input": pooled_quality([(low, full) for full, low in stacks]),
+        **figures,
         "convention": metric_convention(),
         "slices": len(pairs),
     }

@@ -7,7 +7,7 @@ RMSE is in HU on the unclipped images.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -80,6 +80,24 @@ def pooled_quality(
         "ssim": sum(q["ssim"] * n for q, n, _ in rows) / slices,
         "rmse_hu": float(np.sqrt(sum(q["rmse_hu"] ** 2 * v for q, _, v in rows) / voxels)),
     }
+
+
+def denoising_quality(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+    denoise: Callable[[np.ndarray], np.ndarray],
+    window: Sequence[float] = DEFAULT_WINDOW,
+) -> tuple[dict[str, dict[str, float]], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """:func:`pooled_quality` of ``denoise`` (a ``[n, y, x]`` HU stack in, the same out) and of its
+    input on ``(full, low)`` pairs of any sizes: ``{"denoised": ..., "low_dose_input": ...}``, and
+    one ``(low, denoised, full)`` slice to show."""
+    stacks = stacks_by_shape(pairs)
+    denoised = [denoise(low) for _, low in stacks]
+    figures = {
+        "denoised": pooled_quality([(d, full) for d, (full, _) in zip(denoised, stacks)], window),
+        "low_dose_input": pooled_quality([(low, full) for full, low in stacks], window),
+    }
+    full, low = stacks[0]
+    return figures, (low[0], denoised[0][0], full[0])
 
 
 def metric_convention(window: Sequence[float] = DEFAULT_WINDOW) -> dict[str, Any]:

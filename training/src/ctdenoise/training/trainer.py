@@ -408,11 +408,10 @@ class Trainer:
         if not self.val_pairs:
             return None
         from ctdenoise.inference import denoise_array
-        from ctdenoise.metrics import metric_convention, pooled_quality, stacks_by_shape
+        from ctdenoise.metrics import denoising_quality, metric_convention
         from ctdenoise.options import DenoiseOptions
 
         window = self.config.train.val_window
-        stacks = stacks_by_shape(self.val_pairs)
         model = ModelCheckpoint(
             path=self.out_dir / "model.safetensors", metadata=self.model_metadata(), generator=self.g_q2f
         )
@@ -420,18 +419,11 @@ class Trainer:
             device=str(self.device), batch_size=2, precision="auto" if self.amp_dtype else "fp32", force=True
         )
         try:
-            denoised = [denoise_array(low, model, options) for _, low in stacks]
+            figures, example = denoising_quality(self.val_pairs, lambda low: denoise_array(low, model, options), window)
         finally:
             self.g_q2f.train()
-        metrics = {
-            "step": self.step,
-            "denoised": pooled_quality([(d, full) for d, (full, _) in zip(denoised, stacks)], window),
-            "low_dose_input": pooled_quality([(low, full) for full, low in stacks], window),
-            "convention": metric_convention(window),
-            "slices": len(self.val_pairs),
-        }
-        full, low = stacks[0]
-        return Validation(metrics, (low[0], denoised[0][0], full[0]))
+        metrics = {"step": self.step, **figures, "convention": metric_convention(window), "slices": len(self.val_pairs)}
+        return Validation(metrics, example)
 
     # ------------------------------------------------------------------ save
     def save_state(self) -> Path:
