@@ -656,6 +656,12 @@ class CycleGANDenoiseLogic(ScriptedLoadableModuleLogic):
                 limit=summary["change_limit_hu"],
             )
         )
+        if summary.get("second_pass_noise_hu"):
+            lines.append(
+                _("Runs twice where one pass leaves more than {noise:g} HU of noise in flat tissue.").format(
+                    noise=summary["second_pass_noise_hu"]
+                )
+            )
         return "\n".join(lines), True
 
     def detectDevices(self, callback: Callable) -> None:
@@ -1128,7 +1134,7 @@ class CycleGANDenoiseTest(ScriptedLoadableModuleTest):
         self.assertEqual(logic.bundledModels(), ["cyclegan", "supervised"])
         text, valid = logic.modelDescription("supervised")
         self.assertTrue(valid, text)
-        self.assertIn("ctdenoise_supervised_v4.safetensors", text)
+        self.assertIn("ctdenoise_supervised_v5.safetensors", text)
         inputNode = self._sample()
         before = slicer.util.arrayFromVolume(inputNode).copy()
         after = slicer.util.arrayFromVolume(logic.denoise(inputNode, checkpoint="supervised", device="cpu"))

@@ -11,12 +11,13 @@ from ctdenoise import DenoiseOptions, Denoiser, read_model
 from ctdenoise.checkpoints import read_model_metadata
 from ctdenoise.inference import BUNDLED_MODELS, bundled_model_path
 from ctdenoise.io import read_volume
+from ctdenoise.noise import band_noise_std, find_flat_patches
 from ctdenoise.physics.lowdose import simulate_low_dose
 
 MAX_BYTES = 6 * 1024 * 1024  # G_Q2F 2 MB, its fp32 graph 2.1 MB, int8 graph 0.6 MB
 CARDS = {"cyclegan": "MODEL_CARD.md", "supervised": "MODEL_CARD_supervised.md"}
 NOISE_LEFT = {"cyclegan": 0.5, "supervised": 0.6}
-"""Liver noise left on simulated quarter dose, at most (measured 0.41 and 0.45; full dose keeps about
+"""Liver noise left on simulated quarter dose, at most (measured 0.41 and 0.44; full dose keeps about
 half the quarter-dose noise; the issue's goal is 0.6)."""
 
 
@@ -43,15 +44,15 @@ def test_the_bundled_model_describes_itself() -> None:
     assert metadata["metrics"]["step"] == metadata["training"]["steps"]
     assert metadata["format_version"] == 2 and metadata["orientation"] == "LPS"
     limit = metadata["training"]["change_limit"]  # measured on its training data at export
-    assert metadata["change_limit_hu"] == limit["change_limit_hu"] == 280.0 and limit["slices"] == 16
+    assert metadata["change_limit_hu"] == limit["change_limit_hu"] == 320.0 and limit["slices"] == 16
     # distilled from ctdenoise_fast_v1 (ngf 32) into ngf 16: a quarter of the FLOPs, the teacher's quality
     teacher = metadata["training"]["distilled_from"]
     assert teacher["file"] == "ctdenoise_fast_v1.safetensors" and teacher["generator_args"]["ngf"] == 32
     assert metadata["generator"]["args"]["ngf"] == 16 and teacher["steps"] == 1500
     agreement = teacher["agreement"]
     assert agreement["psnr_student_db"] >= agreement["psnr_teacher_db"] - 0.1 and agreement["mean_abs_diff_hu"] < 3
-    own = metadata["metrics"]["denoised"]  # its own validation figures, not the teacher's
-    assert abs(own["psnr"] - agreement["psnr_student_db"]) < 0.01
+    own = metadata["metrics"]  # v4's own validation figures, measured anew on today's simulation at export
+    assert own["denoised"]["psnr"] > own["low_dose_input"]["psnr"] + 2.0 > agreement["psnr_student_db"]
     assert limit["percentile_hu"] * 3 <= limit["change_limit_hu"] < limit["percentile_hu"] * 3 + 10
     spacing = metadata["training"]["data"]["spacing_mm"]
     assert spacing["min"][0] == 0.546875 and spacing["max"][0] == 0.9765625
@@ -64,6 +65,10 @@ def test_the_bundled_model_describes_itself() -> None:
     self_student = parts[1]["training"]["distilled_from"]
     assert self_student["file"] == "ctdenoise_fast_v2.safetensors" and self_student["teacher_tta"] == 8
     assert self_student["init"] == "teacher" and self_student["crop"] == 128 and self_student["steps"] == 2000
+    # v4: v3's weights, re-exported with a second pass above the noise of 90% of its full-dose training slices
+    second = metadata["training"]["second_pass"]
+    assert metadata["second_pass_noise_hu"] == second["second_pass_noise_hu"] == 29.3
+    assert second["percentile"] == 90.0 and second["slices"] == 24 and second["median_hu"] < 29.3
 
 
 def test_the_supervised_model_describes_itself() -> None:
@@ -72,7 +77,7 @@ def test_the_supervised_model_describes_itself() -> None:
     args = metadata["generator"]["args"]
     assert args["ngf"] == 16 and args["residual_highpass_sigma"] == 2.0 and args["long_skip"] is True
     assert args["norm"] == "fixed"
-    record = metadata["training"]["supervised"]  # v4: v3 fine-tuned on more patients, on crops
+    record = metadata["training"]["supervised"]  # v4 (v5's teacher): v3 fine-tuned on more patients, on crops
     assert record["method"].startswith("paired L2") and record["init"] == "teacher" and record["crop"] == 128
     assert record["file"] == "ctdenoise_supervised_v3.safetensors" and record["steps"] == 2000
     assert record["identity_pairs"] is False and record["augment"] is True and record["slices"] == 229
@@ -83,7 +88,11 @@ def test_the_supervised_model_describes_itself() -> None:
     assert first["file"] == "ctdenoise_fast_v2.safetensors" and first["steps"] == 2400 and first["slices"] == 236
     assert first["crop"] == 0 and first["teacher_data"]["patients"] == {"train": 24, "val": 1}
     assert (Path(__file__).parents[1] / "models" / first["file"]).is_file()  # the start, kept to retrain
-    assert metadata["training"]["distilled_from"]["file"] == "ctdenoise_fast_v1.safetensors"  # the CycleGAN lineage
+    student = metadata["training"]["distilled_from"]  # v5: v4's student of its own 8-view average, from its weights
+    assert student["file"] == "ctdenoise_supervised_v4.safetensors" and student["teacher_tta"] == 8
+    assert student["init"] == "teacher" and student["crop"] == 128 and student["steps"] == 1500
+    assert student["slices"] == 400 and student["agreement"]["mean_abs_diff_hu"] < 2.0
+    assert student["earlier"]["file"] == "ctdenoise_fast_v1.safetensors"  # the CycleGAN lineage
     averaged = metadata["training"]["averaged"]  # v3: v1 and v1 fine-tuned without identity pairs, weights averaged
     parts = averaged["models"]
     assert [(p["file"], p["weight"]) for p in parts] == [
@@ -110,7 +119,7 @@ def test_each_bundled_model_keeps_ct_numbers_on_the_bundled_abdomen(dicom_series
     assert abs(float(denoised[liver].mean() - hu[liver].mean())) < 1.0  # measured 0.14 and 0.16 HU
     air = hu < -1000
     assert abs(float(denoised[air].mean() - hu[air].mean())) < 3.0  # measured 1.5 and 1.9 HU
-    assert float(np.abs(denoised - hu).max()) < 0.5 * read_model(bundled_model_path(name)).change_limit_hu  # 91, 96 HU
+    assert float(np.abs(denoised - hu).max()) < 0.5 * read_model(bundled_model_path(name)).change_limit_hu  # 91, 88 HU
 
 
 @pytest.mark.parametrize("name", BUNDLED_MODELS)
@@ -125,7 +134,7 @@ def test_each_bundled_model_reduces_noise_on_simulated_quarter_dose(dicom_series
     def noise(image: np.ndarray) -> float:
         return float(image[liver].std(axis=(1, 2)).mean())
 
-    assert noise(denoised) < NOISE_LEFT[name] * noise(quarter)  # measured 8.8 and 9.7 against 21.6 HU
+    assert noise(denoised) < NOISE_LEFT[name] * noise(quarter)  # measured 8.8 and 9.5 against 21.6 HU
     assert abs(float(denoised[liver].mean() - full[liver].mean())) < 1.0  # measured 0.03 and 0.13 HU
     assert float(np.abs(denoised - quarter).max()) < 0.5 * read_model(bundled_model_path(name)).change_limit_hu
     body = full > -300
@@ -161,3 +170,28 @@ def test_a_crop_inside_the_body_warns_for_instance_norms_and_the_supervised_mode
         warnings.simplefilter("error", CTDenoiseWarning)
         on_crop = supervised.volume(crop).volume.array[inner]
     assert np.abs(on_crop - on_whole).max() < 2.0  # measured 0.0x HU; the instance-norm v1 differed by ~80 HU
+
+
+def test_the_default_model_runs_twice_where_one_pass_leaves_more_noise_than_its_full_dose(data_dir: Path) -> None:
+    """A noisy sharp-kernel chest slice (B60f-like noise, 106 HU at quarter dose) gets a second pass."""
+    volume = read_volume(data_dir / "tcga_lung_ctmi" / "ID_0014_AGE_0071_CONTRAST_1_CT.dcm")
+    pixel = (float(volume.spacing[1]), float(volume.spacing[0]))
+    full = volume.array.astype(np.float32)
+    quarter = volume.with_array(simulate_low_dose(full, pixel, 0.25, seed=0))
+    twice = Denoiser(options=DenoiseOptions(device="cpu")).volume(quarter)
+    once = Denoiser(options=DenoiseOptions(device="cpu", single_pass=True)).volume(quarter)
+    assert twice.passes == 2 and twice.summary()["passes"] == 2 and once.passes == 1
+    patches = find_flat_patches(full, spacing_mm=pixel)
+    left = [band_noise_std(r.volume.array.astype(np.float32), pixel, patches) for r in (once, twice)]
+    assert left[1] < 0.75 * left[0]  # measured 52 -> 28 HU (full dose: 53)
+    limit = read_model(bundled_model_path()).change_limit_hu  # bounds both changes together
+    assert float(np.abs(twice.volume.array.astype(np.float32) - quarter.array).max()) <= limit + 0.5
+
+
+def test_the_default_model_runs_once_on_the_quarter_dose_abdomen(dicom_series_dir: Path) -> None:
+    """One pass takes the abdomen below its training full-dose noise: a second would only blur it."""
+    volume = read_volume(dicom_series_dir)
+    quarter = simulate_low_dose(volume.array[6:12], (float(volume.spacing[1]), float(volume.spacing[0])), 0.25, seed=0)
+    plain = Denoiser(options=DenoiseOptions(device="cpu")).array(quarter)
+    single = Denoiser(options=DenoiseOptions(device="cpu", single_pass=True)).array(quarter)
+    assert np.array_equal(plain, single)

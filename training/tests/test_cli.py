@@ -293,8 +293,8 @@ def test_denoise_without_checkpoint_uses_the_bundled_model(work: Path, dicom2: P
     result = _run("denoise", str(dicom2), str(out), "--device", "cpu", "--progress", "json")
     assert result.returncode == 0, result.stderr
     done = json.loads(result.stdout.splitlines()[-1])
-    assert done["event"] == "done" and done["model"]["file"] == "ctdenoise_fast_v3.safetensors"
-    assert done["model"]["change_limit_hu"] == 280.0 and done["runtime"] in ("torch", "onnxruntime")
+    assert done["event"] == "done" and done["model"]["file"] == "ctdenoise_fast_v4.safetensors"
+    assert done["model"]["change_limit_hu"] == 320.0 and done["runtime"] in ("torch", "onnxruntime")
     source, denoised = read_volume(dicom2), read_volume(out)
     _assert_same_grid(denoised, source)
     change = denoised.array - source.array
@@ -319,7 +319,7 @@ def test_warnings_reach_stderr_and_the_json_stream(work: Path) -> None:
     # the bundled supervised model, chosen by name, was trained on pixels up to 3 mm: no warning
     result = _run("denoise", str(small), str(work / "sup.nii.gz"), "--checkpoint", "supervised", "--progress", "json")
     assert result.returncode == 0 and result.stderr == "", result.stderr
-    assert json.loads(result.stdout.splitlines()[-1])["model"]["file"] == "ctdenoise_supervised_v4.safetensors"
+    assert json.loads(result.stdout.splitlines()[-1])["model"]["file"] == "ctdenoise_supervised_v5.safetensors"
 
 
 def test_input_that_is_not_hu_is_refused_in_one_line_unless_forced(

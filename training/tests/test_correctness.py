@@ -195,7 +195,7 @@ def test_no_voxel_moves_more_than_the_models_change_limit(denoiser: Denoiser) ->
         volume = read_volume(SMALL)
         result = denoiser.volume(volume)
     limit = denoiser.model.change_limit_hu
-    assert limit == 280.0
+    assert limit == 320.0
     change = np.abs(result.volume.array - volume.array)
     assert change.max() <= limit + 1e-3
     assert result.clamped_voxels == int(np.count_nonzero(change >= limit - 1e-3)) > 0

@@ -71,6 +71,7 @@ CRAFTED = {  # name: (metadata, the field the one-line refusal names)
     "negative patch": (_edit(patch_size=-4), "patch_size=-4"),
     "bad orientation": (_edit(orientation="XYZ"), "orientation='XYZ'"),
     "string limit": (_edit(change_limit_hu="250"), "change_limit_hu='250'"),
+    "negative second pass": (_edit(second_pass_noise_hu=-5.0), "second_pass_noise_hu=-5.0"),
     "list training": (_edit(training=[1, 2]), "training=[1, 2]"),
     "bad spacing": (_edit(training={"data": {"spacing_mm": {"min": [0, 1], "max": [1, 1, 1]}}}), "spacing_mm"),
     "not an object": ([1, 2, 3], "(root)"),
@@ -162,12 +163,13 @@ def test_the_bundled_model_reads_without_torch() -> None:
         "print(m.preset, m.change_limit_hu, 'torch' in sys.modules)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.split() == ["fast", "280.0", "False"]
+    assert done.stdout.split() == ["fast", "320.0", "False"]
 
 
 def test_summary_describes_the_model_for_user_interfaces() -> None:
     summary = read_model(bundled_model_path()).summary()
-    assert summary["preset"] == "fast" and summary["orientation"] == "LPS" and summary["change_limit_hu"] == 280.0
+    assert summary["preset"] == "fast" and summary["orientation"] == "LPS" and summary["change_limit_hu"] == 320.0
+    assert summary["second_pass_noise_hu"] == 29.3
     assert summary["normalization"]["scale"] == 1000.0 and summary["training_data"]["low_dose"] == "simulated"
     assert summary["metrics"]["denoised"]["psnr"] > summary["metrics"]["low_dose_input"]["psnr"]
     json.dumps(summary)

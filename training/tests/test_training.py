@@ -20,7 +20,9 @@ from safetensors.torch import load_file
 from ctdenoise.checkpoints import load_checkpoint, load_torch_safely
 from ctdenoise.cli import main
 from ctdenoise.errors import CTDenoiseError
+from ctdenoise.export import second_pass_threshold
 from ctdenoise.io import read_volume, write_volume
+from ctdenoise.modelfile import read_model
 from ctdenoise.training import load_config, train
 
 pytestmark = pytest.mark.slow
@@ -151,6 +153,21 @@ def test_train_kill_resume_is_exact_and_exports(tmp_path: Path, cache_dir: Path)
     assert meta["training"]["config"]["data"]["cache"] == cache_dir.name  # no local paths in shared models
     assert str(cache_dir.parent) not in json.dumps(meta)
     assert (exported.stat().st_mode & 0o777) == 0o666 & ~_umask()  # not the owner-only mode of temp files
+
+    # re-exported with a second pass: the threshold is measured on the cache's full-dose training slices
+    twice = tmp_path / "twice.safetensors"
+    assert main(["export", str(exported), "--out", str(twice), "--second-pass"]) == 2  # no cache to measure on
+    assert not twice.exists()
+    assert main(["export", str(exported), "--out", str(twice), "--cache", str(cache_dir), "--second-pass"]) == 0
+    meta = read_model(twice).metadata
+    figures = second_pass_threshold(cache_dir)
+    assert (
+        meta["second_pass_noise_hu"]
+        == figures["second_pass_noise_hu"]
+        == meta["training"]["second_pass"]["second_pass_noise_hu"]
+    )
+    assert figures["slices"] == 6 and 5.0 < figures["median_hu"] <= figures["second_pass_noise_hu"] < 40.0
+    assert all(torch.equal(a[k], b[k]) for b in [_weights(twice)] for k in a)  # the weights are untouched
 
 
 def _umask() -> int:

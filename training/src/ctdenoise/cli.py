@@ -206,11 +206,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
     _check_model_output(args.out)
     if args.cache is not None:
         _require_input(args.cache)
-    path, metadata = export_source(source, args.out, cache=args.cache)
+    path, metadata = export_source(source, args.out, cache=args.cache, second_pass=args.second_pass)
     limit = metadata.get("change_limit_hu")
+    second = metadata.get("second_pass_noise_hu")
     print(
         f"exported {path} (preset {metadata['generator']['preset']}, "
-        f"{(metadata.get('training') or {}).get('steps', '?')} steps, change limit {limit} HU)"
+        f"{(metadata.get('training') or {}).get('steps', '?')} steps, change limit {limit} HU"
+        + ("" if second is None else f", second pass above {second} HU of noise")
+        + ")"
     )
     return 0
 
@@ -248,9 +251,10 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
     if args.progress == "json":
         print(event_json("done", **summary), flush=True)
     else:
+        passes = ", two passes" if summary.get("passes") == 2 else ""
         print(
             f"wrote {summary['output']} ({summary['slices']} slices in {summary['seconds']:.1f} s on "
-            f"{summary['runtime']} {summary['device']})"
+            f"{summary['runtime']} {summary['device']}{passes})"
         )
     return 0
 
@@ -756,6 +760,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="destination .safetensors")
     p.add_argument(
         "--cache", default=None, help="training cache to measure the change limit on (default: the run's own cache)"
+    )
+    p.add_argument(
+        "--second-pass",
+        dest="second_pass",
+        action="store_true",
+        help="run the model a second time on input that one pass leaves noisier than 90%% of the cache's full-dose "
+        "training slices (for CycleGANs, which keep their training full dose's noise)",
     )
     p.set_defaults(func=_cmd_export)
 

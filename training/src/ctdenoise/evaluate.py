@@ -266,7 +266,8 @@ def evaluate(
         rows: dict[str, Any] = {INPUT: _method_row(case, case.low, noise, 0.0)}
         outputs: dict[str, np.ndarray] = {INPUT: case.low}
         runs: list[tuple[str, Callable[[np.ndarray], np.ndarray], dict[str, Any]]] = [
-            (name, lambda hu, d=denoiser: d.array(hu).astype(np.float32), {}) for name, denoiser in denoisers
+            (name, lambda hu, d=denoiser, pixel=case.spacing: d.array(hu, spacing=pixel).astype(np.float32), {})
+            for name, denoiser in denoisers
         ]
         sigma = blind_sigma(case.low, case.spacing)
         runs += [(name, baseline(name, sigma), {"blind_sigma_hu": sigma}) for name in baselines if name != "gaussian"]

@@ -58,6 +58,8 @@ CHANGE_LIMIT_FACTOR = 3.0
 CHANGE_LIMIT_QUANTILE = 99.99
 MIN_CHANGE_LIMIT_HU = 100.0
 CALIBRATION_SLICES = 16
+SECOND_PASS_PERCENTILE = 90.0
+"""A second pass runs where one leaves more noise than this share of the training full-dose slices have."""
 BODY_HU = -900.0
 """Voxels above this count as the body when measuring changes (air and padding are left out)."""
 
@@ -89,6 +91,45 @@ def training_slices(cache_dir: PathLike, max_slices: int) -> list[np.ndarray]:
     if not slices:
         raise CTDenoiseError(f"cache {cache_dir} has no training slices to learn from: prepare it with a train split")
     return slices
+
+
+def second_pass_threshold(cache_dir: PathLike, percentile: float = SECOND_PASS_PERCENTILE) -> dict[str, Any]:
+    """The flat-tissue noise above which a model trained on ``cache_dir`` runs a second pass.
+
+    A CycleGAN learns to map low dose to the noise of its training full dose, so input noisier than
+    its training data comes out of one pass still noisier than that full dose. The threshold is the
+    ``percentile`` over the train split's full-dose slices of their noise above a tenth of Nyquist
+    in flat soft tissue (:func:`~ctdenoise.noise.band_noise_std`), the measure inference applies to
+    its first pass (:meth:`~ctdenoise.inference.Denoiser._passes`).
+
+    Returns:
+        ``{"second_pass_noise_hu": ..., "percentile": ..., "median_hu": ..., "slices": ..., "method": ...}``.
+    """
+    from ctdenoise.data import load_cache
+    from ctdenoise.noise import band_noise_std, find_flat_patches
+
+    cache = load_cache(cache_dir)
+    values = []
+    for entry in cache.volumes(split="train", dose="full"):
+        spacing = None if entry.spacing is None else (float(entry.spacing[1]), float(entry.spacing[0]))
+        array = cache.array(entry)
+        for index in range(array.shape[0]):
+            hu = np.asarray(array[index : index + 1], dtype=np.float32)
+            patches = find_flat_patches(hu, spacing_mm=spacing)
+            if patches is not None:
+                values.append(band_noise_std(hu, spacing or (1.0, 1.0), patches))
+    if not values:
+        raise CTDenoiseError(
+            f"cache {cache_dir} has no full-dose training slice with flat soft tissue to measure the noise of: "
+            "prepare it from body CT with a train split"
+        )
+    return {
+        "second_pass_noise_hu": round(float(np.percentile(values, percentile)), 1),
+        "percentile": percentile,
+        "median_hu": round(float(np.median(values)), 1),
+        "slices": len(values),
+        "method": f"{percentile:g}th percentile of the flat-tissue noise above 0.1 x Nyquist of full-dose training slices",
+    }
 
 
 def validation_pairs(cache_dir: PathLike, max_slices: int = VALIDATION_SLICES) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -411,12 +452,15 @@ def _phantom_slice() -> np.ndarray:
     return (np.where(body, 40.0, -1000.0) + np.random.default_rng(0).normal(0, 20, (128, 128))).astype(np.float32)
 
 
-def export_source(source: PathLike, out: PathLike, *, cache: Optional[PathLike] = None) -> tuple[Path, dict[str, Any]]:
+def export_source(
+    source: PathLike, out: PathLike, *, cache: Optional[PathLike] = None, second_pass: bool = False
+) -> tuple[Path, dict[str, Any]]:
     """``ctdenoise export``: a run folder, a training state or a model file -> a fresh inference model.
 
     A model file is re-exported with the current format (its weights unchanged); the change limit
     is measured on ``cache`` (default: the training state's own cache), or kept from the source
-    model when no cache is given for a model file.
+    model when no cache is given for a model file. ``second_pass`` measures on that cache the noise
+    above which inference runs the model twice (:func:`second_pass_threshold`).
 
     Returns:
         The written path and the metadata written.
@@ -448,6 +492,12 @@ def export_source(source: PathLike, out: PathLike, *, cache: Optional[PathLike] 
                 raise CTDenoiseError(
                     f"the training cache of {source} ({cache}) is not here: pass --cache with the cache it was trained on"
                 )
+    if second_pass:
+        if cache is None:
+            raise CTDenoiseError("a second pass needs the model's training cache to measure noise on: pass --cache")
+        figures = second_pass_threshold(cache)
+        metadata["second_pass_noise_hu"] = figures["second_pass_noise_hu"]
+        metadata["training"] = {**(metadata.get("training") or {}), "second_pass": figures}
     calibration = calibration_slices(cache) if cache is not None else None
     validation = validation_pairs(cache) if cache is not None else None
     path = write_model(

@@ -11,6 +11,11 @@ the per-voxel change limit the model carries (measured on its training data at e
 out of its depth cannot paint spikes. Voxels at or below the padding value (outside the scan field)
 pass through unchanged, and no output voxel falls below the input's minimum.
 
+A model whose file sets ``second_pass_noise_hu`` (a CycleGAN maps quarter dose to the noise of its
+training full dose, so noisier input stays noisier than that after one pass) runs a second time on
+its own output where one pass leaves sampled slices noisier than that; ``L`` then bounds the sum of
+both changes.
+
 Memory: slices stream through the model a batch at a time into an output of the input's dtype, and
 whole-volume scans (units, padding, NaN) go slab by slab. :meth:`Denoiser.file` reads int16 CT as
 int16 and writes the output over the input's voxels in memory, so it holds one copy of the volume,
@@ -42,8 +47,8 @@ from ctdenoise.types import CancelCallback, PathLike, ProgressCallback
 logger = logging.getLogger(__name__)
 
 BUNDLED_MODELS = {
-    "cyclegan": "ctdenoise_fast_v3.safetensors",
-    "supervised": "ctdenoise_supervised_v4.safetensors",
+    "cyclegan": "ctdenoise_fast_v4.safetensors",
+    "supervised": "ctdenoise_supervised_v5.safetensors",
 }
 """The models shipped in ``ctdenoise/models/``, by name: ``cyclegan`` (the default, a CycleGAN
 generator trained without pairs) and ``supervised`` (the same network fine-tuned on simulated
@@ -51,6 +56,8 @@ low/full-dose pairs); each has its model card next to it."""
 DEFAULT_MODEL = "cyclegan"
 DICOM_LO_LENGTH = 64
 """Longest SeriesDescription DICOM allows."""
+SECOND_PASS_SAMPLE = 8
+"""Slices, evenly spread, whose noise after one pass decides whether a volume gets a second pass."""
 
 ModelLike = Union[PathLike, ModelDescription, None]
 """A model: a file path, a bundled model's name (:data:`BUNDLED_MODELS`), a validated
@@ -63,9 +70,9 @@ def bundled_model_path(name: str = DEFAULT_MODEL) -> Path:
 
     Examples:
         >>> bundled_model_path().name
-        'ctdenoise_fast_v3.safetensors'
+        'ctdenoise_fast_v4.safetensors'
         >>> bundled_model_path("supervised").name
-        'ctdenoise_supervised_v4.safetensors'
+        'ctdenoise_supervised_v5.safetensors'
     """
     if name not in BUNDLED_MODELS:
         raise CTDenoiseError(
@@ -121,6 +128,8 @@ class DenoiseResult:
         runtime, device, precision: where and how the network ran.
         seconds: wall time of the run.
         clamped_voxels: voxels whose change hit the model's change limit.
+        passes: how often the model ran on each slice: 2 where its file asks for a second pass and one
+            left the volume noisier than that (see :meth:`Denoiser._passes`), else 1.
         padding_voxels: voxels outside the scan field, passed through unchanged.
         warnings: what looked wrong about the input or the model (also emitted as warnings).
 
@@ -140,6 +149,7 @@ class DenoiseResult:
     precision: str
     seconds: float
     clamped_voxels: int = 0
+    passes: int = 1
     padding_voxels: int = 0
     warnings: list[str] = field(default_factory=list)
 
@@ -167,6 +177,7 @@ class DenoiseResult:
             "strength": self.options.strength,
             "tta": self.options.tta,
             "clamped_voxels": self.clamped_voxels,
+            "passes": self.passes,
             "padding_voxels": self.padding_voxels,
             "warnings": list(self.warnings),
             "model": self.model,
@@ -176,6 +187,7 @@ class DenoiseResult:
 @dataclass
 class _SliceStats:
     clamped: int = 0
+    passes: int = 1
 
 
 class Denoiser:
@@ -212,13 +224,16 @@ class Denoiser:
         hu: np.ndarray,
         *,
         padding_hu: Optional[float] = None,
+        spacing: Optional[tuple[float, float]] = None,
         progress: Optional[ProgressCallback] = None,
         cancel: Optional[CancelCallback] = None,
     ) -> np.ndarray:
         """Denoise HU voxels ``[z, y, x]`` (or one slice ``[y, x]``) already in the model's orientation.
 
-        Returns float32 HU for float input; for integer input the same integer dtype (native byte
-        order), rounded and clipped to its range. Same shape as ``hu``.
+        ``spacing``: the (row, column) pixel size in mm, where known; it sizes the flat-tissue patches
+        that decide a second pass (:meth:`_passes`). Returns float32 HU for float input; for integer
+        input the same integer dtype (native byte order), rounded and clipped to its range. Same
+        shape as ``hu``.
         """
         _check_array(hu)
         for message in check_units(
@@ -228,7 +243,13 @@ class Denoiser:
         out = np.empty(hu.shape, dtype=_output_dtype(hu))
         slices = hu[None] if hu.ndim == 2 else hu
         self._run(
-            slices, out.reshape(slices.shape), padding_threshold(hu, padding_hu), float(hu.min()), progress, cancel
+            slices,
+            out.reshape(slices.shape),
+            padding_threshold(hu, padding_hu),
+            float(hu.min()),
+            progress,
+            cancel,
+            spacing=None if spacing is None else (float(spacing[0]), float(spacing[1])),
         )
         return out
 
@@ -240,15 +261,26 @@ class Denoiser:
         floor: float,
         progress: Optional[ProgressCallback],
         cancel: Optional[CancelCallback],
+        spacing: Optional[tuple[float, float]] = None,
+        passes: Optional[int] = None,
+        strength: Optional[float] = None,
     ) -> _SliceStats:
-        """Fill ``out`` (a view, possibly reoriented) from ``slices``; see the module docstring."""
+        """Fill ``out`` (a view, possibly reoriented) from ``slices``; see the module docstring.
+
+        ``passes`` None chooses 1 or 2 with :meth:`_passes` (``spacing``: the slices' (row, column)
+        pixel size in mm, if known); ``strength`` None takes the options'.
+        """
+        first: Optional[np.ndarray] = None
         stats = _SliceStats()
-        strength = np.float32(self.options.strength)
+        strength = np.float32(self.options.strength if strength is None else strength)
         if strength == 0.0:
             for part in slabs(slices):
                 out[part] = _cast(slices[part].astype(np.float32), out.dtype)
             return stats
         runtime = self.open()
+        if passes is None:
+            passes, first = self._passes(slices, padding, floor, spacing, cancel)
+        stats.passes = passes
         multiple = self.model.size_multiple
         normalization = self.model.normalization
         scale, limit = np.float32(normalization.scale), np.float32(self.model.change_limit_hu)
@@ -259,38 +291,91 @@ class Denoiser:
                 raise DenoiseCancelled("denoising cancelled: no output was written")
             stop = min(done + runtime.batch_size, total)
             hu = np.ascontiguousarray(slices[done:stop], dtype=np.float32)
-            change = averaged_change(
-                runtime.change, normalization.normalize(hu)[:, None].astype(np.float32), copies, multiple
-            )
-            if change is None:  # out of memory: the runtime adjusted itself, retry the same slices
-                continue
-            change *= scale
-            over = np.abs(change) > limit
-            np.clip(change, -limit, limit, out=change)
-            result = hu + strength * change
-            if padding is not None:
-                outside = hu <= padding
-                np.copyto(result, hu, where=outside)
-                over &= ~outside
-            stats.clamped += int(np.count_nonzero(over))
-            np.maximum(result, np.float32(floor), out=result)
-            out[done:stop] = _cast(result, out.dtype)
-            done = stop
-            if progress is not None:
-                elapsed = time.perf_counter() - started
-                progress(
-                    ProgressInfo(
-                        done / total,
-                        done,
-                        total,
-                        elapsed,
-                        elapsed / done * (total - done),
-                        runtime.device,
-                        runtime.batch_size,
-                        runtime.name,
-                    )
+            outside = None if padding is None else hu <= padding
+            current, change, over = hu, np.zeros_like(hu), np.zeros(hu.shape, dtype=bool)
+            if first is not None:  # the first pass already ran on every slice to decide on a second
+                current = first[done:stop]
+                change = current - hu
+                over = np.abs(change) >= limit
+            for number in range(0 if first is None else 1, passes):
+                step = averaged_change(
+                    runtime.change, normalization.normalize(current)[:, None].astype(np.float32), copies, multiple
                 )
+                if step is None:  # out of memory: the runtime adjusted itself, retry the same slices
+                    break
+                step *= scale
+                over |= np.abs(step) > limit
+                np.clip(step, -limit, limit, out=step)
+                change += step
+                if number + 1 < passes:  # the next pass sees what this one returned
+                    current = hu + change
+                    if outside is not None:
+                        np.copyto(current, hu, where=outside)
+                    np.maximum(current, np.float32(floor), out=current)
+            else:  # every pass ran
+                over |= np.abs(change) > limit
+                np.clip(change, -limit, limit, out=change)
+                result = hu + strength * change
+                if outside is not None:
+                    np.copyto(result, hu, where=outside)
+                    over &= ~outside
+                stats.clamped += int(np.count_nonzero(over))
+                np.maximum(result, np.float32(floor), out=result)
+                out[done:stop] = _cast(result, out.dtype)
+                done = stop
+                if progress is not None:
+                    elapsed = time.perf_counter() - started
+                    progress(
+                        ProgressInfo(
+                            done / total,
+                            done,
+                            total,
+                            elapsed,
+                            elapsed / done * (total - done),
+                            runtime.device,
+                            runtime.batch_size,
+                            runtime.name,
+                        )
+                    )
         return stats
+
+    def _passes(
+        self,
+        slices: np.ndarray,
+        padding: Optional[float],
+        floor: float,
+        spacing: Optional[tuple[float, float]],
+        cancel: Optional[CancelCallback],
+    ) -> tuple[int, Optional[np.ndarray]]:
+        """2 where the model asks for a second pass (:attr:`ModelDescription.second_pass_noise_hu`) and
+        one pass at full strength leaves up to :data:`SECOND_PASS_SAMPLE` evenly spread slices noisier
+        than that in flat soft tissue (the median of their :func:`~ctdenoise.noise.band_noise_std`);
+        else 1. With the pass's output for all ``slices`` when the sample was all of them (so that
+        pass need not run again), else None."""
+        from ctdenoise.noise import band_noise_std, find_flat_patches
+
+        threshold = self.model.second_pass_noise_hu
+        if threshold is None or self.options.single_pass:
+            return 1, None
+        count = min(SECOND_PASS_SAMPLE, slices.shape[0])
+        index = np.unique(np.linspace(0, slices.shape[0] - 1, count).round().astype(int))
+        sample = np.ascontiguousarray(slices[index], dtype=np.float32)
+        first = np.empty_like(sample)
+        self._run(sample, first, padding, floor, None, cancel, passes=1, strength=1.0)
+        measured = []
+        for image in first[:, None]:  # slice by slice, as the threshold was measured, and in little memory
+            patches = find_flat_patches(image, spacing_mm=spacing)
+            if patches is not None:
+                measured.append(band_noise_std(image, spacing or (1.0, 1.0), patches))
+        noise = float(np.median(measured)) if measured else None
+        passes = 2 if noise is not None and noise > threshold else 1
+        logger.info(
+            "noise after one pass: %s HU in flat tissue (second pass above %g HU): %d pass(es)",
+            "not measured (no flat soft tissue)" if noise is None else f"{noise:.1f}",
+            threshold,
+            passes,
+        )
+        return passes, first if len(index) == slices.shape[0] else None
 
     # --------------------------------------------------------------------------------- volumes
     def volume(
@@ -327,8 +412,15 @@ class Denoiser:
             outside = sum(int(np.count_nonzero(volume.array[part] <= padding)) for part in slabs(volume.array))
         dtype = _output_dtype(volume.array)
         out = volume.array if in_place and dtype == volume.array.dtype else np.empty(volume.shape, dtype=dtype)
+        sx, sy, _ = turn.target_spacing(volume.spacing)
         stats = self._run(
-            turn.to_target(volume.array), turn.to_target(out), padding, float(volume.array.min()), progress, cancel
+            turn.to_target(volume.array),
+            turn.to_target(out),
+            padding,
+            float(volume.array.min()),
+            progress,
+            cancel,
+            spacing=(float(sy), float(sx)),
         )
         summary = self.model.summary()
         denoised = volume.with_array(out, denoised_with=summary, strength=self.options.strength)
@@ -343,6 +435,7 @@ class Denoiser:
             precision=runtime.precision if runtime else "none",
             seconds=time.perf_counter() - started,
             clamped_voxels=stats.clamped,
+            passes=stats.passes,
             padding_voxels=outside,
             warnings=list(volume.metadata.get("warnings") or []) + messages,
         )
@@ -445,12 +538,14 @@ def denoise_array(
     model: ModelLike = None,
     options: Optional[DenoiseOptions] = None,
     *,
+    spacing: Optional[tuple[float, float]] = None,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelCallback] = None,
 ) -> np.ndarray:
     """Denoise HU voxels ``[z, y, x]`` or ``[y, x]`` stored in the model's orientation (axial, ``LPS``).
 
-    Arrays carry no geometry: use :func:`denoise_volume` for volumes stored in any orientation.
+    Arrays carry no geometry: use :func:`denoise_volume` for volumes stored in any orientation, or
+    give the (row, column) pixel ``spacing`` in mm (see :meth:`Denoiser.array`).
 
     Examples:
         >>> import numpy as np
@@ -460,7 +555,7 @@ def denoise_array(
         >>> out.shape, out.dtype
         ((2, 512, 512), dtype('float32'))
     """
-    return Denoiser(model, options).array(hu, progress=progress, cancel=cancel)
+    return Denoiser(model, options).array(hu, spacing=spacing, progress=progress, cancel=cancel)
 
 
 def denoise_volume(

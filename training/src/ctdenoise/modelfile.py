@@ -118,6 +118,17 @@ class ModelDescription:
         return float(self.metadata.get("change_limit_hu") or DEFAULT_CHANGE_LIMIT_HU)
 
     @property
+    def second_pass_noise_hu(self) -> Optional[float]:
+        """Flat-tissue noise (HU) above which the engine runs the model again on its own output, or None.
+
+        A model that maps quarter dose to the noise of its training full dose leaves input noisier
+        than its training data noisier than that after one pass; ``ctdenoise export --second-pass``
+        sets it from the training cache (see :func:`~ctdenoise.export.second_pass_threshold`).
+        """
+        value = self.metadata.get("second_pass_noise_hu")
+        return None if value is None else float(value)
+
+    @property
     def size_multiple(self) -> int:
         """Slice sides the network takes must be multiples of this (2 ** downsampling steps)."""
         if self.preset != "fast":
@@ -148,6 +159,7 @@ class ModelDescription:
             "normalization": self.normalization.to_dict(),
             "orientation": self.orientation,
             "change_limit_hu": self.change_limit_hu,
+            "second_pass_noise_hu": self.second_pass_noise_hu,
             "training_data": training.get("data"),
             "training_steps": training.get("steps"),
             "metrics": meta.get("metrics") or {},
@@ -263,8 +275,8 @@ def read_model(path: PathLike) -> ModelFile:
     Examples:
         >>> from ctdenoise import bundled_model_path
         >>> model = read_model(bundled_model_path())
-        >>> model.change_limit_hu, model.normalization.scale
-        (280.0, 1000.0)
+        >>> model.change_limit_hu, model.normalization.scale, model.second_pass_noise_hu
+        (320.0, 1000.0, 29.3)
     """
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
@@ -356,6 +368,7 @@ def validate_metadata(metadata: Any, where: str) -> dict[str, Any]:
     checks = (
         ("patch_size", (int, 4, 4096), True),
         ("change_limit_hu", (float, 1.0, 5000.0), True),
+        ("second_pass_noise_hu", (float, 1.0, 1000.0), True),
     )
     for key, (kind, low, high), optional in checks:
         value = metadata.get(key)

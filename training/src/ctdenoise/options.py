@@ -38,6 +38,9 @@ class DenoiseOptions:
             changes are averaged: 1 (off), 2 (left-right mirror), 4 (both mirrors) or 8 (mirrors and
             90-degree rotations: the same result for mirrored or rotated anatomy). Costs that many
             network runs.
+        single_pass: run the model once, even where its file asks for a second pass on input that
+            one pass leaves noisier than its training full dose (``second_pass_noise_hu``, see
+            :class:`~ctdenoise.modelfile.ModelDescription`).
 
     Examples:
         >>> options = DenoiseOptions(strength=0.7, device="cpu")
@@ -57,6 +60,7 @@ class DenoiseOptions:
     tile_size: Optional[int] = None
     force: bool = False
     tta: int = 1
+    single_pass: bool = False
 
     def __post_init__(self) -> None:
         strength = self.strength
@@ -72,8 +76,9 @@ class DenoiseOptions:
         _check_choice("precision", self.precision, PRECISIONS)
         _check_positive("batch size", self.batch_size, 1)
         _check_positive("tile size", self.tile_size, MIN_TILE)
-        if not isinstance(self.force, bool):
-            raise CTDenoiseError(f"force must be true or false, got {self.force!r}")
+        for name in ("force", "single_pass"):
+            if not isinstance(getattr(self, name), bool):
+                raise CTDenoiseError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if isinstance(self.tta, bool) or self.tta not in TTA_COPIES:
             raise CTDenoiseError(
                 f"tta must be one of {', '.join(map(str, TTA_COPIES))} (copies of each slice averaged), got {self.tta!r}"
@@ -146,6 +151,12 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.tta,
         choices=TTA_COPIES,
         help="test-time augmentation: average over 1 (default), 2, 4 or 8 mirrored/rotated copies (that many times slower)",
+    )
+    parser.add_argument(
+        "--single-pass",
+        action="store_true",
+        help="run the model once, even where its file asks for a second pass on input that one pass leaves "
+        "noisier than its training full dose",
     )
 
 
