@@ -116,7 +116,7 @@ def test_each_bundled_model_keeps_ct_numbers_on_the_bundled_abdomen(dicom_series
     denoised = Denoiser(name, DenoiseOptions(device="cpu")).array(hu)
     assert denoised.shape == hu.shape and denoised.dtype == np.float32
     liver = (slice(None), slice(240, 270), slice(130, 170))
-    assert abs(float(denoised[liver].mean() - hu[liver].mean())) < 1.0  # measured 0.14 and 0.16 HU
+    assert abs(float(denoised[liver].mean() - hu[liver].mean())) < 1.0  # measured 0.14 and 0.18 HU
     air = hu < -1000
     assert abs(float(denoised[air].mean() - hu[air].mean())) < 3.0  # measured 1.5 and 1.9 HU
     assert float(np.abs(denoised - hu).max()) < 0.5 * read_model(bundled_model_path(name)).change_limit_hu  # 91, 88 HU
@@ -135,7 +135,7 @@ def test_each_bundled_model_reduces_noise_on_simulated_quarter_dose(dicom_series
         return float(image[liver].std(axis=(1, 2)).mean())
 
     assert noise(denoised) < NOISE_LEFT[name] * noise(quarter)  # measured 8.8 and 9.5 against 21.6 HU
-    assert abs(float(denoised[liver].mean() - full[liver].mean())) < 1.0  # measured 0.03 and 0.13 HU
+    assert abs(float(denoised[liver].mean() - full[liver].mean())) < 1.0  # measured 0.03 and 0.16 HU
     assert float(np.abs(denoised - quarter).max()) < 0.5 * read_model(bundled_model_path(name)).change_limit_hu
     body = full > -300
     window = (-160.0, 240.0)
