@@ -106,18 +106,13 @@ def second_pass_threshold(cache_dir: PathLike, percentile: float = SECOND_PASS_P
         ``{"second_pass_noise_hu": ..., "percentile": ..., "median_hu": ..., "slices": ..., "method": ...}``.
     """
     from ctdenoise.data import load_cache
-    from ctdenoise.noise import band_noise_std, find_flat_patches
+    from ctdenoise.noise import slice_noise
 
     cache = load_cache(cache_dir)
     values = []
     for entry in cache.volumes(split="train", dose="full"):
         spacing = None if entry.spacing is None else (float(entry.spacing[1]), float(entry.spacing[0]))
-        array = cache.array(entry)
-        for index in range(array.shape[0]):
-            hu = np.asarray(array[index : index + 1], dtype=np.float32)
-            patches = find_flat_patches(hu, spacing_mm=spacing)
-            if patches is not None:
-                values.append(band_noise_std(hu, spacing or (1.0, 1.0), patches))
+        values += slice_noise(cache.array(entry), spacing)
     if not values:
         raise CTDenoiseError(
             f"cache {cache_dir} has no full-dose training slice with flat soft tissue to measure the noise of: "

@@ -352,7 +352,7 @@ class Denoiser:
         than that in flat soft tissue (the median of their :func:`~ctdenoise.noise.band_noise_std`);
         else 1. With the pass's output for all ``slices`` when the sample was all of them (so that
         pass need not run again), else None."""
-        from ctdenoise.noise import band_noise_std, find_flat_patches
+        from ctdenoise.noise import slice_noise
 
         threshold = self.model.second_pass_noise_hu
         if threshold is None or self.options.single_pass:
@@ -362,11 +362,7 @@ class Denoiser:
         sample = np.ascontiguousarray(slices[index], dtype=np.float32)
         first = np.empty_like(sample)
         self._run(sample, first, padding, floor, None, cancel, passes=1, strength=1.0)
-        measured = []
-        for image in first[:, None]:  # slice by slice, as the threshold was measured, and in little memory
-            patches = find_flat_patches(image, spacing_mm=spacing)
-            if patches is not None:
-                measured.append(band_noise_std(image, spacing or (1.0, 1.0), patches))
+        measured = slice_noise(first, spacing)  # as the threshold was measured on training slices
         noise = float(np.median(measured)) if measured else None
         passes = 2 if noise is not None and noise > threshold else 1
         logger.info(

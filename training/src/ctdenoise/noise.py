@@ -233,6 +233,28 @@ def band_noise_std(
     return float(np.sqrt(np.median(variances)))
 
 
+def slice_noise(slices: np.ndarray, spacing_mm: Sequence[float] | None = None) -> list[float]:
+    """:func:`band_noise_std` of each HU slice of ``slices`` ``[z, y, x]`` that has flat soft tissue.
+
+    Slice by slice, so a volume's sample and a cache's slices are measured alike and in little
+    memory; ``spacing_mm`` None takes 1 mm pixels (the band is then a tenth of Nyquist either way).
+
+    Examples:
+        >>> import numpy as np
+        >>> from ctdenoise.noise import slice_noise
+        >>> image = 40.0 + np.random.default_rng(0).normal(0.0, 10.0, (2, 128, 128))
+        >>> [round(value) for value in slice_noise(image)]
+        [10, 10]
+    """
+    pixel = (1.0, 1.0) if spacing_mm is None else (float(spacing_mm[0]), float(spacing_mm[1]))
+    values = []
+    for image in np.asarray(slices, dtype=np.float32)[:, None]:
+        patches = find_flat_patches(image, spacing_mm=spacing_mm)
+        if patches is not None:
+            values.append(float(band_noise_std(image, pixel, patches)))
+    return values
+
+
 def noise_power_spectrum(
     hu: np.ndarray, spacing_mm: Sequence[float] = (1.0, 1.0), patches: FlatPatches | None = None, bins: int = 16
 ) -> tuple[np.ndarray, np.ndarray] | None:
