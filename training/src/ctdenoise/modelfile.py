@@ -121,9 +121,9 @@ class ModelDescription:
     def second_pass_noise_hu(self) -> Optional[float]:
         """Flat-tissue noise (HU) above which the engine runs the model again on its own output, or None.
 
-        A model that maps quarter dose to the noise of its training full dose leaves input noisier
-        than its training data noisier than that after one pass; ``ctdenoise export --second-pass``
-        sets it from the training cache (see :func:`~ctdenoise.export.second_pass_threshold`).
+        A model that maps quarter dose to the noise of its training full dose leaves a scan noisier
+        than its training data still noisier than that full dose after one pass. ``ctdenoise export
+        --second-pass`` sets it from the training cache (:func:`~ctdenoise.export.second_pass_threshold`).
         """
         value = self.metadata.get("second_pass_noise_hu")
         return None if value is None else float(value)
