@@ -370,6 +370,10 @@ class CycleGANDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 device=summary.get("device", "?"),
                 speed=summary.get("slices", 0) / seconds,
             )
+            if summary.get("passes") == 2:
+                self.ui.statusLabel.text += " " + _(
+                    "The model ran twice: one pass left more noise than its training full dose."
+                )
             if run.outputNode is not None:
                 if run.slab is None:
                     self._parameterNode.outputVolume = run.outputNode
