@@ -292,29 +292,36 @@ class Denoiser:
             stop = min(done + runtime.batch_size, total)
             hu = np.ascontiguousarray(slices[done:stop], dtype=np.float32)
             outside = None if padding is None else hu <= padding
-            current, change, over = hu, np.zeros_like(hu), np.zeros(hu.shape, dtype=bool)
+            change: Optional[np.ndarray] = None  # the sum of the passes' changes so far
+            over: Optional[np.ndarray] = None
             if first is not None:  # the first pass already ran on every slice to decide on a second
-                current = first[done:stop]
-                change = current - hu
+                change = first[done:stop] - hu
                 over = np.abs(change) >= limit
-            for number in range(0 if first is None else 1, passes):
+            for _ in range(0 if first is None else 1, passes):
+                current = hu
+                if change is not None:  # a later pass sees what the earlier one returned
+                    current = hu + change
+                    if outside is not None:
+                        np.copyto(current, hu, where=outside)
+                    np.maximum(current, np.float32(floor), out=current)
                 step = averaged_change(
                     runtime.change, normalization.normalize(current)[:, None].astype(np.float32), copies, multiple
                 )
                 if step is None:  # out of memory: the runtime adjusted itself, retry the same slices
                     break
                 step *= scale
-                over |= np.abs(step) > limit
+                clipped = np.abs(step) > limit
                 np.clip(step, -limit, limit, out=step)
-                change += step
-                if number + 1 < passes:  # the next pass sees what this one returned
-                    current = hu + change
-                    if outside is not None:
-                        np.copyto(current, hu, where=outside)
-                    np.maximum(current, np.float32(floor), out=current)
+                if change is None or over is None:
+                    change, over = step, clipped
+                else:
+                    change += step
+                    over |= clipped
             else:  # every pass ran
-                over |= np.abs(change) > limit
-                np.clip(change, -limit, limit, out=change)
+                assert change is not None and over is not None
+                if passes > 1:  # each pass was clipped; so is their sum
+                    over |= np.abs(change) > limit
+                    np.clip(change, -limit, limit, out=change)
                 result = hu + strength * change
                 if outside is not None:
                     np.copyto(result, hu, where=outside)
