@@ -372,7 +372,7 @@ class CycleGANDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             )
             if summary.get("passes") == 2:
                 self.ui.statusLabel.text += " " + _(
-                    "The model ran twice: one pass left more noise than its training full dose."
+                    "The model ran twice: one pass left more noise than its second-pass threshold."
                 )
             if run.outputNode is not None:
                 if run.slab is None:
@@ -666,6 +666,11 @@ class CycleGANDenoiseLogic(ScriptedLoadableModuleLogic):
                     noise=summary["second_pass_noise_hu"]
                 )
             )
+            if summary.get("second_pass_fine"):
+                pixel, noise = summary["second_pass_fine"]
+                lines.append(
+                    _("On pixels up to {pixel:g} mm: more than {noise:g} HU.").format(pixel=pixel, noise=noise)
+                )
         return "\n".join(lines), True
 
     def detectDevices(self, callback: Callable) -> None:

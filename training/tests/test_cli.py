@@ -293,7 +293,7 @@ def test_denoise_without_checkpoint_uses_the_bundled_model(work: Path, dicom2: P
     result = _run("denoise", str(dicom2), str(out), "--device", "cpu", "--progress", "json")
     assert result.returncode == 0, result.stderr
     done = json.loads(result.stdout.splitlines()[-1])
-    assert done["event"] == "done" and done["model"]["file"] == "ctdenoise_fast_v4.safetensors"
+    assert done["event"] == "done" and done["model"]["file"] == "ctdenoise_fast_v5.safetensors"
     assert done["model"]["change_limit_hu"] == 320.0 and done["runtime"] in ("torch", "onnxruntime")
     source, denoised = read_volume(dicom2), read_volume(out)
     _assert_same_grid(denoised, source)

@@ -72,6 +72,15 @@ CRAFTED = {  # name: (metadata, the field the one-line refusal names)
     "bad orientation": (_edit(orientation="XYZ"), "orientation='XYZ'"),
     "string limit": (_edit(change_limit_hu="250"), "change_limit_hu='250'"),
     "negative second pass": (_edit(second_pass_noise_hu=-5.0), "second_pass_noise_hu=-5.0"),
+    "fine pass alone": (
+        _edit(second_pass_fine_pixel_mm=1.0, second_pass_fine_noise_hu=17.0, second_pass_noise_hu=None),
+        "second_pass_fine_noise_hu=17.0",
+    ),
+    "fine pixel without noise": (_edit(second_pass_fine_pixel_mm=1.0), "second_pass_fine_noise_hu=None"),
+    "string fine pixel": (
+        _edit(second_pass_fine_pixel_mm="1", second_pass_fine_noise_hu=17.0),
+        "second_pass_fine_pixel_mm='1'",
+    ),
     "list training": (_edit(training=[1, 2]), "training=[1, 2]"),
     "bad spacing": (_edit(training={"data": {"spacing_mm": {"min": [0, 1], "max": [1, 1, 1]}}}), "spacing_mm"),
     "not an object": ([1, 2, 3], "(root)"),
@@ -169,7 +178,7 @@ def test_the_bundled_model_reads_without_torch() -> None:
 def test_summary_describes_the_model_for_user_interfaces() -> None:
     summary = read_model(bundled_model_path()).summary()
     assert summary["preset"] == "fast" and summary["orientation"] == "LPS" and summary["change_limit_hu"] == 320.0
-    assert summary["second_pass_noise_hu"] == 29.3
+    assert summary["second_pass_noise_hu"] == 29.3 and summary["second_pass_fine"] == [1.0, 17.0]
     assert summary["normalization"]["scale"] == 1000.0 and summary["training_data"]["low_dose"] == "simulated"
     assert summary["metrics"]["denoised"]["psnr"] > summary["metrics"]["low_dose_input"]["psnr"]
     json.dumps(summary)

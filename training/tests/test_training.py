@@ -168,6 +168,23 @@ def test_train_kill_resume_is_exact_and_exports(tmp_path: Path, cache_dir: Path)
     )
     assert figures["slices"] == 6 and 5.0 < figures["median_hu"] <= figures["second_pass_noise_hu"] < 40.0
     assert all(torch.equal(a[k], b[k]) for b in [_weights(twice)] for k in a)  # the weights are untouched
+    # a threshold of its own for fine pixels, given at export; a plain --second-pass drops it again
+    fine, plain = tmp_path / "fine.safetensors", tmp_path / "plain.safetensors"
+    assert main(["export", str(exported), "--out", str(fine), "--second-pass-fine", "1.0", "17"]) == 2
+    assert main(["export", str(twice), "--out", str(fine), "--cache", str(cache_dir), "--second-pass",
+                 "--second-pass-fine", "0", "17"]) == 2  # fmt: skip
+    assert not fine.exists()
+    args = ["--cache", str(cache_dir), "--second-pass", "--second-pass-fine", "1.0", "17"]
+    assert main(["export", str(twice), "--out", str(fine), *args]) == 0
+    model = read_model(fine)
+    assert model.second_pass_fine == (1.0, 17.0) and model.metadata["training"]["second_pass"]["fine"]["noise_hu"] == 17
+    assert model.second_pass_threshold((0.7, 0.7)) == 17.0
+    assert model.second_pass_threshold((0.7, 1.2)) == model.second_pass_threshold(None) == meta["second_pass_noise_hu"]
+    assert main(["export", str(fine), "--out", str(plain), "--cache", str(cache_dir), "--second-pass"]) == 0
+    assert (
+        read_model(plain).second_pass_fine is None
+        and "fine" not in read_model(plain).metadata["training"]["second_pass"]
+    )
 
 
 def _umask() -> int:

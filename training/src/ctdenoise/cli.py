@@ -206,13 +206,21 @@ def _cmd_export(args: argparse.Namespace) -> int:
     _check_model_output(args.out)
     if args.cache is not None:
         _require_input(args.cache)
-    path, metadata = export_source(source, args.out, cache=args.cache, second_pass=args.second_pass)
+    path, metadata = export_source(
+        source,
+        args.out,
+        cache=args.cache,
+        second_pass=args.second_pass,
+        second_pass_fine=None if args.second_pass_fine is None else tuple(args.second_pass_fine),
+    )
     limit = metadata.get("change_limit_hu")
     second = metadata.get("second_pass_noise_hu")
+    fine = metadata.get("second_pass_fine_noise_hu")
     print(
         f"exported {path} (preset {metadata['generator']['preset']}, "
         f"{(metadata.get('training') or {}).get('steps', '?')} steps, change limit {limit} HU"
         + ("" if second is None else f", second pass above {second} HU of noise")
+        + ("" if fine is None else f" ({fine} HU on pixels up to {metadata['second_pass_fine_pixel_mm']} mm)")
         + ")"
     )
     return 0
@@ -767,6 +775,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run the model a second time on input that one pass leaves noisier than 90%% of the cache's full-dose "
         "training slices (for CycleGANs, which keep their training full dose's noise)",
+    )
+    p.add_argument(
+        "--second-pass-fine",
+        dest="second_pass_fine",
+        nargs=2,
+        type=float,
+        default=None,
+        metavar=("PIXEL_MM", "NOISE_HU"),
+        help="with --second-pass: on pixels no larger than PIXEL_MM run the second pass above NOISE_HU instead "
+        "(a break-even chosen on validation data; where pixels are fine, less noise pays for a second pass)",
     )
     p.set_defaults(func=_cmd_export)
 

@@ -448,14 +448,21 @@ def _phantom_slice() -> np.ndarray:
 
 
 def export_source(
-    source: PathLike, out: PathLike, *, cache: Optional[PathLike] = None, second_pass: bool = False
+    source: PathLike,
+    out: PathLike,
+    *,
+    cache: Optional[PathLike] = None,
+    second_pass: bool = False,
+    second_pass_fine: Optional[tuple[float, float]] = None,
 ) -> tuple[Path, dict[str, Any]]:
     """``ctdenoise export``: a run folder, a training state or a model file -> a fresh inference model.
 
     A model file is re-exported with the current format (its weights unchanged); the change limit
     is measured on ``cache`` (default: the training state's own cache), or kept from the source
     model when no cache is given for a model file. ``second_pass`` measures on that cache the noise
-    above which inference runs the model twice (:func:`second_pass_threshold`).
+    above which inference runs the model twice (:func:`second_pass_threshold`); ``second_pass_fine``
+    ``(pixel_mm, noise_hu)`` sets a threshold of its own for pixels no larger than ``pixel_mm``
+    (:meth:`~ctdenoise.modelfile.ModelDescription.second_pass_threshold`), chosen on validation data.
 
     Returns:
         The written path and the metadata written.
@@ -487,11 +494,24 @@ def export_source(
                 raise CTDenoiseError(
                     f"the training cache of {source} ({cache}) is not here: pass --cache with the cache it was trained on"
                 )
+    if second_pass_fine is not None and not second_pass:
+        raise CTDenoiseError("--second-pass-fine refines the second pass: pass --second-pass with it")
     if second_pass:
         if cache is None:
             raise CTDenoiseError("a second pass needs the model's training cache to measure noise on: pass --cache")
         figures = second_pass_threshold(cache)
         metadata["second_pass_noise_hu"] = figures["second_pass_noise_hu"]
+        metadata.pop("second_pass_fine_pixel_mm", None)
+        metadata.pop("second_pass_fine_noise_hu", None)
+        if second_pass_fine is not None:
+            pixel, noise = (float(value) for value in second_pass_fine)
+            if not (0.01 <= pixel <= 100.0 and 1.0 <= noise <= 1000.0):
+                raise CTDenoiseError(
+                    f"--second-pass-fine {pixel:g} {noise:g} is out of range: give a pixel size of 0.01-100 mm "
+                    "and a noise of 1-1000 HU"
+                )
+            metadata.update(second_pass_fine_pixel_mm=pixel, second_pass_fine_noise_hu=noise)
+            figures = {**figures, "fine": {"pixel_mm": pixel, "noise_hu": noise, "method": "given at export"}}
         metadata["training"] = {**(metadata.get("training") or {}), "second_pass": figures}
     calibration = calibration_slices(cache) if cache is not None else None
     validation = validation_pairs(cache) if cache is not None else None

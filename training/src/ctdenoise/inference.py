@@ -13,8 +13,9 @@ pass through unchanged, and no output voxel falls below the input's minimum.
 
 A model whose file sets ``second_pass_noise_hu`` (a CycleGAN maps quarter dose to the noise of its
 training full dose, so noisier input stays noisier than that after one pass) runs a second time on
-its own output where one pass leaves sampled slices noisier than that; ``L`` then bounds the sum of
-both changes.
+its own output where one pass leaves sampled slices noisier than that (or than its
+``second_pass_fine_noise_hu`` on pixels no larger than ``second_pass_fine_pixel_mm``); ``L`` then
+bounds the sum of both changes.
 
 Memory: slices stream through the model a batch at a time into an output of the input's dtype, and
 whole-volume scans (units, padding, NaN) go slab by slab. :meth:`Denoiser.file` reads int16 CT as
@@ -47,7 +48,7 @@ from ctdenoise.types import CancelCallback, PathLike, ProgressCallback
 logger = logging.getLogger(__name__)
 
 BUNDLED_MODELS = {
-    "cyclegan": "ctdenoise_fast_v4.safetensors",
+    "cyclegan": "ctdenoise_fast_v5.safetensors",
     "supervised": "ctdenoise_supervised_v5.safetensors",
 }
 """The models shipped in ``ctdenoise/models/``, by name: ``cyclegan`` (the default, a CycleGAN
@@ -70,7 +71,7 @@ def bundled_model_path(name: str = DEFAULT_MODEL) -> Path:
 
     Examples:
         >>> bundled_model_path().name
-        'ctdenoise_fast_v4.safetensors'
+        'ctdenoise_fast_v5.safetensors'
         >>> bundled_model_path("supervised").name
         'ctdenoise_supervised_v5.safetensors'
     """
@@ -354,14 +355,14 @@ class Denoiser:
         spacing: Optional[tuple[float, float]],
         cancel: Optional[CancelCallback],
     ) -> tuple[int, Optional[np.ndarray]]:
-        """2 where the model asks for a second pass (:attr:`ModelDescription.second_pass_noise_hu`) and
-        one pass at full strength leaves up to :data:`SECOND_PASS_SAMPLE` evenly spread slices noisier
-        than that in flat soft tissue (the median of their :func:`~ctdenoise.noise.band_noise_std`);
+        """2 where the model asks for a second pass (:meth:`ModelDescription.second_pass_threshold` at
+        this pixel ``spacing``) and one pass at full strength leaves up to :data:`SECOND_PASS_SAMPLE`
+        evenly spread slices noisier than that in flat soft tissue (the median of their :func:`~ctdenoise.noise.band_noise_std`);
         else 1. With the pass's output for all ``slices`` when the sample was all of them (so that
         pass need not run again), else None."""
         from ctdenoise.noise import slice_noise
 
-        threshold = self.model.second_pass_noise_hu
+        threshold = self.model.second_pass_threshold(spacing)
         if threshold is None or self.options.single_pass:
             return 1, None
         count = min(SECOND_PASS_SAMPLE, slices.shape[0])

@@ -129,6 +129,36 @@ class ModelDescription:
         return None if value is None else float(value)
 
     @property
+    def second_pass_fine(self) -> Optional[tuple[float, float]]:
+        """``(pixel_mm, noise_hu)``: on pixels no larger than ``pixel_mm`` the second pass starts at
+        ``noise_hu`` instead of :attr:`second_pass_noise_hu`, or None.
+
+        How much noise a second pass must find to gain more than the detail it smooths depends on the
+        pixel size; ``ctdenoise export --second-pass-fine`` records a threshold chosen on validation
+        data for pixels like the training data's.
+        """
+        pixel = self.metadata.get("second_pass_fine_pixel_mm")
+        noise = self.metadata.get("second_pass_fine_noise_hu")
+        return None if pixel is None or noise is None else (float(pixel), float(noise))
+
+    def second_pass_threshold(self, spacing: Optional[tuple[float, float]] = None) -> Optional[float]:
+        """The noise above which the model runs twice on slices with this (row, column) pixel
+        ``spacing`` in mm: :attr:`second_pass_fine`'s where both sides are within its pixel size,
+        else :attr:`second_pass_noise_hu` (also where the spacing is unknown); None for one pass.
+
+        Examples:
+            >>> from ctdenoise import bundled_model_path, read_model
+            >>> model = read_model(bundled_model_path())
+            >>> model.second_pass_threshold((0.7, 0.7)), model.second_pass_threshold((1.5, 1.5))
+            (17.0, 29.3)
+        """
+        general = self.second_pass_noise_hu
+        fine = self.second_pass_fine
+        if general is None or fine is None or spacing is None or max(spacing) > fine[0]:
+            return general
+        return fine[1]
+
+    @property
     def size_multiple(self) -> int:
         """Slice sides the network takes must be multiples of this (2 ** downsampling steps)."""
         if self.preset != "fast":
@@ -160,6 +190,7 @@ class ModelDescription:
             "orientation": self.orientation,
             "change_limit_hu": self.change_limit_hu,
             "second_pass_noise_hu": self.second_pass_noise_hu,
+            "second_pass_fine": None if self.second_pass_fine is None else list(self.second_pass_fine),
             "training_data": training.get("data"),
             "training_steps": training.get("steps"),
             "metrics": meta.get("metrics") or {},
@@ -369,6 +400,8 @@ def validate_metadata(metadata: Any, where: str) -> dict[str, Any]:
         ("patch_size", (int, 4, 4096), True),
         ("change_limit_hu", (float, 1.0, 5000.0), True),
         ("second_pass_noise_hu", (float, 1.0, 1000.0), True),
+        ("second_pass_fine_pixel_mm", (float, 0.01, 100.0), True),
+        ("second_pass_fine_noise_hu", (float, 1.0, 1000.0), True),
     )
     for key, (kind, low, high), optional in checks:
         value = metadata.get(key)
@@ -376,6 +409,13 @@ def validate_metadata(metadata: Any, where: str) -> dict[str, Any]:
             continue
         if not _within(value, kind, low, high):
             raise bad(key, value, _describe(kind, low, high))
+    fine = [metadata.get(key) is not None for key in ("second_pass_fine_pixel_mm", "second_pass_fine_noise_hu")]
+    if any(fine) and not (all(fine) and metadata.get("second_pass_noise_hu") is not None):
+        raise bad(
+            "second_pass_fine_noise_hu",
+            metadata.get("second_pass_fine_noise_hu"),
+            "expected with second_pass_fine_pixel_mm and second_pass_noise_hu (ctdenoise export --second-pass-fine)",
+        )
     if metadata.get("orientation") is not None:
         try:
             check_orientation_code(metadata["orientation"])

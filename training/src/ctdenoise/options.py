@@ -39,8 +39,8 @@ class DenoiseOptions:
             90-degree rotations: the same result for mirrored or rotated anatomy). Costs that many
             network runs.
         single_pass: run the model once, even where its file asks for a second pass on input that
-            one pass leaves noisier than its training full dose (``second_pass_noise_hu``, see
-            :class:`~ctdenoise.modelfile.ModelDescription`).
+            one pass leaves noisy (``second_pass_noise_hu``, see
+            :meth:`~ctdenoise.modelfile.ModelDescription.second_pass_threshold`).
 
     Examples:
         >>> options = DenoiseOptions(strength=0.7, device="cpu")
