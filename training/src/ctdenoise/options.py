@@ -155,8 +155,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--single-pass",
         action="store_true",
-        help="run the model once, even where its file asks for a second pass on input that one pass leaves "
-        "noisier than its training full dose",
+        help="run the model once, even where its file asks for a second pass on input that one pass leaves noisy",
     )
 
 
