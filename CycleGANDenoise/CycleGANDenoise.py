@@ -13,7 +13,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Callable, Optional, Union
 
 import qt
 import slicer
@@ -82,7 +82,8 @@ class CycleGANDenoiseParameterNode:
     outputVolume: where the result goes (a new volume named after the input when empty).
     noiseVolume: optional; receives what denoising removed (input minus output).
     strength: 0..1, the share of the model's change shown; changing it needs no new run.
-    averageViews: average the results of 8 mirrored and rotated views of each slice (8x slower).
+    averageViews: average the results of 8 mirrored and rotated views of each slice (8x slower); off:
+        only where its pixels are far coarser than the model's training data, where 8 views cost little.
     roi: the box in which the noise readout measures mean and standard deviation.
     """
 
@@ -326,7 +327,7 @@ class CycleGANDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     "checkpoint": self.selectedModel(),
                     "strength": node.strength,
                     "device": device,
-                    "tta": AVERAGED_VIEWS if node.averageViews else 1,
+                    "tta": AVERAGED_VIEWS if node.averageViews else "auto",
                     "waitForCompletion": False,
                     "progressCallback": self.onEngineEvent,
                     "completedCallback": self.onRunCompleted,
@@ -373,6 +374,11 @@ class CycleGANDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if summary.get("passes") == 2:
                 self.ui.statusLabel.text += " " + _(
                     "The model ran twice: one pass left more noise than its second-pass threshold."
+                )
+            asked = bool(self._parameterNode and self._parameterNode.averageViews)
+            if summary.get("tta") == AVERAGED_VIEWS and not asked:
+                self.ui.statusLabel.text += " " + _(
+                    "8 views were averaged: the pixels are far coarser than the model's training data."
                 )
             if run.outputNode is not None:
                 if run.slab is None:
@@ -726,7 +732,7 @@ class CycleGANDenoiseLogic(ScriptedLoadableModuleLogic):
         strength: float = 1.0,
         device: str = "auto",
         noiseNode=None,
-        tta: int = 1,
+        tta: Union[int, str] = "auto",
         waitForCompletion: bool = True,
         progressCallback: Optional[Callable] = None,
         completedCallback: Optional[Callable] = None,
@@ -740,7 +746,8 @@ class CycleGANDenoiseLogic(ScriptedLoadableModuleLogic):
             strength: 0..1, applied by blending (the full-strength result is kept for :meth:`setStrength`).
             device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
             noiseNode: optional volume that receives input minus output.
-            tta: views of each slice averaged: 1, 2, 4 or 8 (mirrors and 90-degree turns; that many times slower).
+            tta: views of each slice averaged: 1, 2, 4 or 8 (mirrors and 90-degree turns; that many times slower),
+                or ``auto``: 8 where the pixels are far coarser than the model's training data, else 1.
             waitForCompletion: block (processing Slicer's events) until the run ends.
             progressCallback: called with each engine event (progress, warning, done, error).
             completedCallback: called with the run when it ends.
@@ -768,7 +775,7 @@ class CycleGANDenoiseLogic(ScriptedLoadableModuleLogic):
         checkpoint=None,
         strength: float = 1.0,
         device: str = "auto",
-        tta: int = 1,
+        tta: Union[int, str] = "auto",
         waitForCompletion: bool = True,
         progressCallback: Optional[Callable] = None,
         completedCallback: Optional[Callable] = None,
@@ -814,7 +821,7 @@ class CycleGANDenoiseLogic(ScriptedLoadableModuleLogic):
 
         from ctdenoise.options import DenoiseOptions
 
-        options = DenoiseOptions(strength=float(settings.strength), device=settings.device, tta=int(settings.tta))
+        options = DenoiseOptions(strength=float(settings.strength), device=settings.device, tta=settings.tta)
         folder = Path(slicer.util.tempDirectory("CycleGANDenoise"))
         try:
             source = write_volume_file(voxels, ijkToRAS, folder / "input.nrrd")

@@ -6,7 +6,7 @@
 # B30s, B31f, B31s, B50s, B60f, AB50, STANDARD, SOFT, LUNG, BONE; 1-10 mm).
 #   ./scripts/evaluate_models.sh OUT_DIR [MODEL ...]     (default: both bundled models, cyclegan and supervised)
 # Environment: MAX_SLICES (per volume, default 8), BASELINES (default "bm3d nlm gaussian"; empty: none),
-# TTA (test-time augmentations each model runs with, default "1 8").
+# TTA (test-time augmentations each model runs with, default "auto 8": as `ctdenoise denoise` runs, and 8 views).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="${1:?usage: evaluate_models.sh OUT_DIR [MODEL ...]}"
@@ -23,4 +23,4 @@ full=("$root/data/totalsegmentator/example_ct_dicom" "$root/data/totalsegmentato
 for s in "${tcga[@]}"; do full+=("$root/data/tcga_lung_ctmi/${s}_CT.dcm"); done
 # shellcheck disable=SC2086
 "$root/.venv/bin/ctdenoise" evaluate --full "${full[@]}" --model "${models[@]}" --dose 0.25 --seed 0 \
-  --max-slices "${MAX_SLICES:-8}" --tta ${TTA:-1 8} --baselines ${BASELINES-bm3d nlm gaussian} --out "$out"
+  --max-slices "${MAX_SLICES:-8}" --tta ${TTA:-auto 8} --baselines ${BASELINES-bm3d nlm gaussian} --out "$out"

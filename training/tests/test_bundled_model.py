@@ -9,6 +9,7 @@ import pytest
 
 from ctdenoise import DenoiseOptions, Denoiser, read_model
 from ctdenoise.checkpoints import read_model_metadata
+from ctdenoise.errors import CTDenoiseWarning
 from ctdenoise.inference import BUNDLED_MODELS, bundled_model_path
 from ctdenoise.io import read_volume
 from ctdenoise.metrics import image_quality
@@ -204,7 +205,7 @@ def test_the_default_model_runs_once_on_the_quarter_dose_abdomen(dicom_series_di
 
 def test_on_fine_pixels_less_noise_pays_for_a_second_pass(data_dir: Path) -> None:
     """A chest slice that one pass leaves with 23 HU: twice at its own 0.59 mm pixels (above the
-    fine-pixel threshold, 17 HU), once where the same voxels are said to be 1.5 mm or of unknown size."""
+    fine-pixel threshold, 17 HU), once where the same voxels are said to be 1.2 mm or of unknown size."""
     volume = read_volume(data_dir / "tcga_lung_ctmi" / "ID_0009_AGE_0048_CONTRAST_1_CT.dcm")
     pixel = (float(volume.spacing[1]), float(volume.spacing[0]))
     full = volume.array.astype(np.float32)
@@ -212,9 +213,30 @@ def test_on_fine_pixels_less_noise_pays_for_a_second_pass(data_dir: Path) -> Non
     denoiser = Denoiser(options=DenoiseOptions(device="cpu"))
     once = Denoiser(options=DenoiseOptions(device="cpu", single_pass=True)).array(quarter, spacing=pixel)
     fine = denoiser.array(quarter, spacing=pixel)
-    assert np.array_equal(denoiser.array(quarter, spacing=(1.5, 1.5)), once)
+    assert np.array_equal(denoiser.array(quarter, spacing=(1.2, 1.2)), once)
     assert np.array_equal(denoiser.array(quarter), once)  # unknown pixels: the general threshold, 29.3 HU
     patches = find_flat_patches(full, spacing_mm=pixel)
     left = [band_noise_std(x, pixel, patches) for x in (once, fine)]
     assert 17.0 < left[0] < 29.3 and left[1] < 0.9 * left[0]  # measured 22.7 -> 18.7 HU (full dose 17.1)
     assert image_quality(fine, full)["psnr"] > image_quality(once, full)["psnr"] + 0.3  # measured +0.6 dB
+
+
+def test_on_pixels_far_coarser_than_its_training_data_the_default_averages_8_views(data_dir: Path) -> None:
+    """3 mm pixels (the 3 mm abdomen): ``tta="auto"`` runs 8 views there, so mirrored anatomy gives the
+    same result; on the model's own pixel sizes it runs one."""
+    volume = read_volume(data_dir / "totalsegmentator" / "example_ct_sm.nii.gz")
+    pixel = (float(volume.spacing[1]), float(volume.spacing[0]))
+    whole = simulate_low_dose(volume.array.astype(np.float32), pixel, 0.25, seed=0)
+    quarter = whole  # its 8-slice sample leaves 21 HU: one pass, mirrored or not
+    auto = Denoiser(options=DenoiseOptions(device="cpu"))
+    assert auto.views(pixel) == 8 and auto.views((0.7, 0.7)) == 1 and auto.views(None) == 1
+    plain = auto.array(quarter, spacing=pixel)
+    eight = Denoiser(options=DenoiseOptions(device="cpu", tta=8)).array(quarter, spacing=pixel)
+    assert np.array_equal(plain, eight)
+    mirrored = auto.array(np.ascontiguousarray(quarter[..., ::-1]), spacing=pixel)[..., ::-1]
+    assert np.abs(mirrored - plain).max() < 0.05  # HU: float rounding only (one view: ~100 HU)
+    one = Denoiser(options=DenoiseOptions(device="cpu", tta=1)).array(quarter, spacing=pixel)
+    assert np.abs(one - plain).max() > 1.0
+    with pytest.warns(CTDenoiseWarning, match="far outside"):
+        result = auto.volume(volume.with_array(whole))
+    assert result.views == 8 and result.summary()["tta"] == 8

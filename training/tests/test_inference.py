@@ -205,8 +205,9 @@ def test_invalid_options_and_arrays_are_refused(random_model: ModelCheckpoint, c
         ({"runtime": "tpu"}, "runtime"),
         ({"precision": "fp8"}, "precision"),
         ({"force": "yes"}, "force"),
-        ({"tta": 3}, "tta must be one of 1, 2, 4, 8"),
+        ({"tta": 3}, "tta must be auto or one of 1, 2, 4, 8"),
         ({"tta": True}, "tta"),
+        ({"tta": "8"}, "tta"),
     ):
         with pytest.raises(CTDenoiseError, match=message):
             opts(**options)

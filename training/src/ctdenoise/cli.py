@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, NoReturn, Optional, Sequence
 
 from ctdenoise import __version__
 from ctdenoise.errors import CTDenoiseError, CTDenoiseWarning, DenoiseCancelled
-from ctdenoise.options import TTA_COPIES, add_cli_arguments
+from ctdenoise.options import AUTO_TTA, TTA_COPIES, add_cli_arguments, tta_argument
 from ctdenoise.progress import event_json
 
 
@@ -956,11 +956,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="device for the models (default cpu)")
     p.add_argument(
         "--tta",
-        type=int,
+        type=tta_argument,
         nargs="+",
-        default=[1],
-        choices=TTA_COPIES,
-        help="run each model with each of these test-time augmentations (1, 2, 4, 8; default 1)",
+        default=[AUTO_TTA],
+        choices=(AUTO_TTA, *TTA_COPIES),
+        help="run each model with each of these test-time augmentations (auto, 1, 2, 4, 8; default auto, "
+        "as ctdenoise denoise runs)",
     )
     p.add_argument("--out", required=True, help="folder for report.json, report.md and the figures")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -30,7 +30,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -240,13 +240,14 @@ def evaluate(
     baselines: Sequence[str] = BASELINES,
     *,
     device: str = "cpu",
-    tta: Sequence[int] = (1,),
+    tta: Sequence[Union[int, str]] = ("auto",),
     progress: Optional[Callable[[str], None]] = None,
 ) -> dict[str, Any]:
     """Run every model and baseline on every case; per-volume rows and slice-weighted overall means.
 
     ``models`` are ``(name, model)`` pairs (a path, a bundled model's name, or None for the default), each run once per
-    test-time augmentation in ``tta`` (see :class:`~ctdenoise.options.DenoiseOptions`). The Gaussian
+    test-time augmentation in ``tta`` (see :class:`~ctdenoise.options.DenoiseOptions`; the row of ``auto``, the
+    default, bears the model's name, the others add ``TTA xN``). The Gaussian
     baseline is matched to the first model's flat-tissue noise (skipped without a model).
     """
     from ctdenoise.inference import Denoiser
@@ -256,7 +257,10 @@ def evaluate(
     if unknown:
         raise CTDenoiseError(f"unknown baseline(s) {', '.join(unknown)}: choose from {', '.join(BASELINES)}")
     denoisers = [
-        (name if copies == 1 else f"{name}, TTA x{copies}", Denoiser(model, DenoiseOptions(device=device, tta=copies)))
+        (
+            name if copies == "auto" else f"{name}, TTA x{copies}",
+            Denoiser(model, DenoiseOptions(device=device, tta=copies)),
+        )
         for name, model in models
         for copies in tta
     ]

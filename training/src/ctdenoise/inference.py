@@ -38,7 +38,7 @@ from ctdenoise.errors import CTDenoiseError, DenoiseCancelled, warn
 from ctdenoise.hu import check_units, declared_padding, padding_threshold
 from ctdenoise.io.volume import Volume, nonfinite_voxels, slabs
 from ctdenoise.modelfile import ModelDescription, read_model
-from ctdenoise.options import DenoiseOptions
+from ctdenoise.options import AUTO_TTA, DenoiseOptions
 from ctdenoise.orientation import reorientation
 from ctdenoise.progress import ProgressInfo
 from ctdenoise.runtimes import Runtime, open_runtime
@@ -131,6 +131,8 @@ class DenoiseResult:
         clamped_voxels: voxels whose change hit the model's change limit.
         passes: how often the model ran on each slice: 2 where its file asks for a second pass and one
             left the volume noisier than that (see :meth:`Denoiser._passes`), else 1.
+        views: mirrored/rotated views of each slice averaged, as ``options.tta`` resolved for this
+            volume (``auto``: see :meth:`~ctdenoise.modelfile.ModelDescription.auto_tta`).
         padding_voxels: voxels outside the scan field, passed through unchanged.
         warnings: what looked wrong about the input or the model (also emitted as warnings).
 
@@ -151,6 +153,7 @@ class DenoiseResult:
     seconds: float
     clamped_voxels: int = 0
     passes: int = 1
+    views: int = 1
     padding_voxels: int = 0
     warnings: list[str] = field(default_factory=list)
 
@@ -176,7 +179,7 @@ class DenoiseResult:
             "device": self.device,
             "precision": self.precision,
             "strength": self.options.strength,
-            "tta": self.options.tta,
+            "tta": self.views,
             "clamped_voxels": self.clamped_voxels,
             "passes": self.passes,
             "padding_voxels": self.padding_voxels,
@@ -189,6 +192,7 @@ class DenoiseResult:
 class _SliceStats:
     clamped: int = 0
     passes: int = 1
+    views: int = 1
 
 
 class Denoiser:
@@ -254,6 +258,12 @@ class Denoiser:
         )
         return out
 
+    def views(self, spacing: Optional[tuple[float, float]] = None) -> int:
+        """Mirrored/rotated views averaged per slice for (row, column) pixel ``spacing`` in mm: the
+        options' ``tta``, with ``auto`` resolved by :meth:`~ctdenoise.modelfile.ModelDescription.auto_tta`."""
+        tta = self.options.tta
+        return self.model.auto_tta(spacing) if tta == AUTO_TTA else int(tta)
+
     def _run(
         self,
         slices: np.ndarray,
@@ -265,14 +275,18 @@ class Denoiser:
         spacing: Optional[tuple[float, float]] = None,
         passes: Optional[int] = None,
         strength: Optional[float] = None,
+        views: Optional[int] = None,
     ) -> _SliceStats:
         """Fill ``out`` (a view, possibly reoriented) from ``slices``; see the module docstring.
 
         ``passes`` None chooses 1 or 2 with :meth:`_passes` (``spacing``: the slices' (row, column)
-        pixel size in mm, if known); ``strength`` None takes the options'.
+        pixel size in mm, if known); ``strength`` None takes the options'; ``views`` None resolves
+        the options' ``tta`` for ``spacing``.
         """
         first: Optional[np.ndarray] = None
         stats = _SliceStats()
+        copies = self.views(spacing) if views is None else views
+        stats.views = copies
         strength = np.float32(self.options.strength if strength is None else strength)
         if strength == 0.0:
             for part in slabs(slices):
@@ -280,12 +294,11 @@ class Denoiser:
             return stats
         runtime = self.open()
         if passes is None:
-            passes, first = self._passes(slices, padding, floor, spacing, cancel)
+            passes, first = self._passes(slices, padding, floor, spacing, cancel, copies)
         stats.passes = passes
         multiple = self.model.size_multiple
         normalization = self.model.normalization
         scale, limit = np.float32(normalization.scale), np.float32(self.model.change_limit_hu)
-        copies = self.options.tta
         total, done, started = slices.shape[0], 0, time.perf_counter()
         while done < total:
             if cancel is not None and cancel():
@@ -354,6 +367,7 @@ class Denoiser:
         floor: float,
         spacing: Optional[tuple[float, float]],
         cancel: Optional[CancelCallback],
+        views: int,
     ) -> tuple[int, Optional[np.ndarray]]:
         """2 where the model asks for a second pass (:meth:`ModelDescription.second_pass_threshold` at
         this pixel ``spacing``) and one pass at full strength leaves up to :data:`SECOND_PASS_SAMPLE`
@@ -369,7 +383,7 @@ class Denoiser:
         index = np.unique(np.linspace(0, slices.shape[0] - 1, count).round().astype(int))
         sample = np.ascontiguousarray(slices[index], dtype=np.float32)
         first = np.empty_like(sample)
-        self._run(sample, first, padding, floor, None, cancel, passes=1, strength=1.0)
+        self._run(sample, first, padding, floor, None, cancel, passes=1, strength=1.0, views=views)
         measured = slice_noise(first, spacing)  # as the threshold was measured on training slices
         noise = float(np.median(measured)) if measured else None
         passes = 2 if noise is not None and noise > threshold else 1
@@ -440,6 +454,7 @@ class Denoiser:
             seconds=time.perf_counter() - started,
             clamped_voxels=stats.clamped,
             passes=stats.passes,
+            views=stats.views,
             padding_voxels=outside,
             warnings=list(volume.metadata.get("warnings") or []) + messages,
         )

@@ -197,6 +197,27 @@ class ModelDescription:
             "graphs": sorted(self.graphs),
         }
 
+    def auto_tta(self, spacing: Optional[tuple[float, float]] = None) -> int:
+        """Views averaged per slice under ``tta="auto"``: 8 where the (row, column) pixel ``spacing``
+        in mm is coarser than the training data's largest pixel by more than the factor that
+        :meth:`spacing_warnings` allows, else 1 (also where either is unknown).
+
+        There one view is least reliable (and changes with mirrored or rotated anatomy) and 8 views
+        cost little: such slices have few pixels.
+
+        Examples:
+            >>> from ctdenoise import bundled_model_path, read_model
+            >>> model = read_model(bundled_model_path())
+            >>> model.auto_tta((0.7, 0.7)), model.auto_tta((3.0, 3.0)), model.auto_tta(None)
+            (1, 8, 1)
+        """
+        data = (self.metadata.get("training") or {}).get("data") or {}
+        ranges = data.get("spacing_mm") if isinstance(data, dict) else None
+        if spacing is None or not isinstance(ranges, dict):
+            return 1
+        coarsest = max(float(ranges["max"][0]), float(ranges["max"][1])) * SPACING_FACTORS["in-plane pixel"]
+        return 8 if max(float(spacing[0]), float(spacing[1])) > coarsest else 1
+
     def spacing_warnings(self, spacing_xyz: tuple[float, float, float]) -> list[str]:
         """Warnings for voxel sizes far outside the training data's (from the metadata, when recorded)."""
         data = (self.metadata.get("training") or {}).get("data") or {}

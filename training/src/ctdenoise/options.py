@@ -6,7 +6,7 @@ import argparse
 import math
 import numbers
 from dataclasses import dataclass, fields
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from ctdenoise.errors import CTDenoiseError
 
@@ -18,6 +18,10 @@ MIN_TILE = 32
 """Smallest tile side in pixels."""
 TTA_COPIES = (1, 2, 4, 8)
 """Test-time augmentation: 1 (off); 2: and the left-right mirror; 4: and both mirrors; 8: and the 90-degree rotations."""
+AUTO_TTA = "auto"
+"""``tta`` default: 8 copies on slices whose pixels are far coarser than the model's training data
+(:meth:`~ctdenoise.modelfile.ModelDescription.auto_tta`), where one view is least reliable and 8
+cost little (a 3 mm slice has a ninth of the pixels of a 1 mm one); else 1."""
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,8 @@ class DenoiseOptions:
         tta: test-time augmentation, the number of mirrored or rotated copies of each slice whose
             changes are averaged: 1 (off), 2 (left-right mirror), 4 (both mirrors) or 8 (mirrors and
             90-degree rotations: the same result for mirrored or rotated anatomy). Costs that many
-            network runs.
+            network runs. ``auto`` (default): 8 where the in-plane pixels are far coarser than the
+            model's training data (:data:`AUTO_TTA`), else 1.
         single_pass: run the model once, even where its file asks for a second pass on input that
             one pass leaves noisy (``second_pass_noise_hu``, see
             :meth:`~ctdenoise.modelfile.ModelDescription.second_pass_threshold`).
@@ -59,7 +64,7 @@ class DenoiseOptions:
     batch_size: Optional[int] = None
     tile_size: Optional[int] = None
     force: bool = False
-    tta: int = 1
+    tta: Union[int, str] = AUTO_TTA
     single_pass: bool = False
 
     def __post_init__(self) -> None:
@@ -79,9 +84,10 @@ class DenoiseOptions:
         for name in ("force", "single_pass"):
             if not isinstance(getattr(self, name), bool):
                 raise CTDenoiseError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if isinstance(self.tta, bool) or self.tta not in TTA_COPIES:
+        if isinstance(self.tta, bool) or (self.tta != AUTO_TTA and self.tta not in TTA_COPIES):
             raise CTDenoiseError(
-                f"tta must be one of {', '.join(map(str, TTA_COPIES))} (copies of each slice averaged), got {self.tta!r}"
+                f"tta must be auto or one of {', '.join(map(str, TTA_COPIES))} (copies of each slice averaged), "
+                f"got {self.tta!r}"
             )
 
     def to_cli_args(self) -> list[str]:
@@ -147,10 +153,11 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--tta",
-        type=_integer,
+        type=tta_argument,
         default=defaults.tta,
-        choices=TTA_COPIES,
-        help="test-time augmentation: average over 1 (default), 2, 4 or 8 mirrored/rotated copies (that many times slower)",
+        choices=(AUTO_TTA, *TTA_COPIES),
+        help="test-time augmentation: average over 1, 2, 4 or 8 mirrored/rotated copies (that many times slower); "
+        "auto (default): 8 on pixels far coarser than the model's training data, where they cost little, else 1",
     )
     parser.add_argument(
         "--single-pass",
@@ -169,6 +176,11 @@ def _check_positive(name: str, value: Any, minimum: int) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise CTDenoiseError(f"{name} must be an integer of at least {minimum}, got {value!r}")
+
+
+def tta_argument(text: str) -> Union[int, str]:
+    """argparse type: ``auto`` or an integer (the choices are checked by argparse)."""
+    return AUTO_TTA if text.strip().lower() == AUTO_TTA else _integer(text)
 
 
 def _number(text: str) -> float:
