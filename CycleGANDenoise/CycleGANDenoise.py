@@ -83,7 +83,7 @@ class CycleGANDenoiseParameterNode:
     noiseVolume: optional; receives what denoising removed (input minus output).
     strength: 0..1, the share of the model's change shown; changing it needs no new run.
     averageViews: average the results of 8 mirrored and rotated views of each slice (8x slower); off:
-        only where its pixels are far coarser than the model's training data, where 8 views cost little.
+        only on small slices whose pixels are far coarser than the model's training data (engine's ``auto``).
     roi: the box in which the noise readout measures mean and standard deviation.
     """
 
@@ -375,8 +375,7 @@ class CycleGANDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.statusLabel.text += " " + _(
                     "The model ran twice: one pass left more noise than its second-pass threshold."
                 )
-            asked = bool(self._parameterNode and self._parameterNode.averageViews)
-            if summary.get("tta") == AVERAGED_VIEWS and not asked:
+            if summary.get("tta") == AVERAGED_VIEWS and summary.get("tta_option") == "auto":
                 self.ui.statusLabel.text += " " + _(
                     "8 views were averaged: the pixels are far coarser than the model's training data."
                 )
@@ -821,7 +820,11 @@ class CycleGANDenoiseLogic(ScriptedLoadableModuleLogic):
 
         from ctdenoise.options import DenoiseOptions
 
-        options = DenoiseOptions(strength=float(settings.strength), device=settings.device, tta=settings.tta)
+        options = DenoiseOptions(
+            strength=float(settings.strength),
+            device=settings.device,
+            tta=settings.tta if settings.tta == "auto" else int(settings.tta),
+        )
         folder = Path(slicer.util.tempDirectory("CycleGANDenoise"))
         try:
             source = write_volume_file(voxels, ijkToRAS, folder / "input.nrrd")

@@ -42,15 +42,16 @@ def main() -> None:
         turn = reorientation(volume.direction)
         sx, sy, _ = turn.target_spacing(volume.spacing)
         axial = np.ascontiguousarray(turn.to_target(volume.array), dtype=np.float32)
-        inputs.append((path.name, simulate_low_dose(axial, (float(sy), float(sx)), 0.25, seed=0)))
+        pixel = (float(sy), float(sx))
+        inputs.append((path.name, pixel, simulate_low_dose(axial, pixel, 0.25, seed=0)))
     print("| model | series | transform | 99.9th percentile HU | largest HU |")
     print("|---|---|---|---|---|")
     for model in args.models:
         denoiser = Denoiser(None if model == "bundled" else model, DenoiseOptions(device="cpu"))
-        for name, low in inputs:
-            reference = denoiser.array(low)
+        for name, pixel, low in inputs:
+            reference = denoiser.array(low, spacing=pixel)
             for label, (forward, back) in TRANSFORMS.items():
-                moved = back(denoiser.array(np.ascontiguousarray(forward(low))))
+                moved = back(denoiser.array(np.ascontiguousarray(forward(low)), spacing=pixel))
                 difference = np.abs(moved - reference)
                 print(
                     f"| {Path(model).name} | {name} | {label} | {np.percentile(difference, 99.9):.1f} | "

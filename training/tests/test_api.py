@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import doctest
 import importlib
 import inspect
@@ -52,6 +53,18 @@ def test_the_examples_in_docstrings_run(module: str, monkeypatch: pytest.MonkeyP
     monkeypatch.chdir(TRAINING)  # examples name files as ../data/...
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS, verbose=False)
     assert result.failed == 0 and result.attempted > 0, module
+
+
+def test_tta_takes_auto_or_a_number_of_views_on_the_command_line() -> None:
+    from ctdenoise.options import tta_argument
+
+    assert tta_argument("AUTO") == "auto" and tta_argument("8") == 8
+    with pytest.raises(argparse.ArgumentTypeError, match="not auto or an integer"):
+        tta_argument("all")
+    assert DenoiseOptions().tta == "auto" and DenoiseOptions(tta=1).to_cli_args() == ["--tta", "1"]
+    assert DenoiseOptions.from_cli(build_parser().parse_args(["denoise", "a", "b", "--tta", "auto"])).tta == "auto"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["denoise", "a", "b", "--tta", "3"])
 
 
 @pytest.mark.parametrize(

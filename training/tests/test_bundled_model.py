@@ -230,6 +230,7 @@ def test_on_pixels_far_coarser_than_its_training_data_the_default_averages_8_vie
     quarter = whole  # its 8-slice sample leaves 21 HU: one pass, mirrored or not
     auto = Denoiser(options=DenoiseOptions(device="cpu"))
     assert auto.views(pixel) == 8 and auto.views((0.7, 0.7)) == 1 and auto.views(None) == 1
+    assert auto.views(pixel, (512, 512)) == 1  # full-size slices (a wide field of view): 8 views would cost 8x
     plain = auto.array(quarter, spacing=pixel)
     eight = Denoiser(options=DenoiseOptions(device="cpu", tta=8)).array(quarter, spacing=pixel)
     assert np.array_equal(plain, eight)
@@ -240,3 +241,5 @@ def test_on_pixels_far_coarser_than_its_training_data_the_default_averages_8_vie
     with pytest.warns(CTDenoiseWarning, match="far outside"):
         result = auto.volume(volume.with_array(whole))
     assert result.views == 8 and result.summary()["tta"] == 8
+    untouched = Denoiser(options=DenoiseOptions(device="cpu", strength=0.0)).volume(volume.with_array(whole))
+    assert untouched.views == 1  # nothing ran

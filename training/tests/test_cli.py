@@ -334,7 +334,13 @@ def test_warnings_reach_stderr_and_the_json_stream(work: Path) -> None:
     warnings_json = [json.loads(line) for line in result.stdout.splitlines() if '"warning"' in line]
     assert len(warnings_json) == 1 and "pixel spacing 3 mm is far outside" in warnings_json[0]["message"]
     assert result.stderr.splitlines() == [f"warning: {warnings_json[0]['message']}"]
-    assert json.loads(result.stdout.splitlines()[-1])["warnings"] == [warnings_json[0]["message"]]
+    done = json.loads(result.stdout.splitlines()[-1])
+    assert done["warnings"] == [warnings_json[0]["message"]]
+    assert done["tta"] == 8 and done["tta_option"] == "auto"  # small slices of coarse pixels: 8 views
+    plain = _run("denoise", str(small), str(work / "plain.nii.gz"), "--device", "cpu")
+    assert plain.returncode == 0 and "8 views averaged" in plain.stdout, plain.stdout
+    one = _run("denoise", str(small), str(work / "one.nii.gz"), "--device", "cpu", "--tta", "1", "--progress", "json")
+    assert one.returncode == 0 and json.loads(one.stdout.splitlines()[-1])["tta"] == 1
     result = _run("simulate", str(small), str(work / "low.nrrd"), "--progress", "json")
     assert result.returncode == 0 and result.stderr == "", result.stderr  # simulation has no model: no warning
     # the bundled supervised model, chosen by name, was trained on pixels up to 3 mm: no warning

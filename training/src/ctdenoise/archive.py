@@ -340,7 +340,15 @@ def _denoise_study(study: Study, denoiser: Denoiser, cancel: Optional[CancelCall
         if isinstance(exc, DenoiseCancelled):
             raise
         return _record(study, FAILED, time.perf_counter() - started, message=_reason(exc))
-    return _record(study, DONE, facts["seconds"], slices=facts["slices"], warnings=facts["warnings"])
+    return _record(
+        study,
+        DONE,
+        facts["seconds"],
+        slices=facts["slices"],
+        warnings=facts["warnings"],
+        passes=facts["passes"],
+        tta=facts["tta"],
+    )
 
 
 def _record(study: Study, status: str, seconds: float, slices: Optional[int] = None, **facts: Any) -> dict[str, Any]:

@@ -260,6 +260,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
         print(event_json("done", **summary), flush=True)
     else:
         passes = ", two passes" if summary.get("passes") == 2 else ""
+        passes += f", {summary['tta']} views averaged" if int(summary.get("tta") or 1) > 1 else ""
         print(
             f"wrote {summary['output']} ({summary['slices']} slices in {summary['seconds']:.1f} s on "
             f"{summary['runtime']} {summary['device']}{passes})"

@@ -132,7 +132,8 @@ class DenoiseResult:
         passes: how often the model ran on each slice: 2 where its file asks for a second pass and one
             left the volume noisier than that (see :meth:`Denoiser._passes`), else 1.
         views: mirrored/rotated views of each slice averaged, as ``options.tta`` resolved for this
-            volume (``auto``: see :meth:`~ctdenoise.modelfile.ModelDescription.auto_tta`).
+            volume (``auto``: see :meth:`~ctdenoise.modelfile.ModelDescription.auto_tta`); 1 where
+            nothing ran (strength 0).
         padding_voxels: voxels outside the scan field, passed through unchanged.
         warnings: what looked wrong about the input or the model (also emitted as warnings).
 
@@ -180,6 +181,7 @@ class DenoiseResult:
             "precision": self.precision,
             "strength": self.options.strength,
             "tta": self.views,
+            "tta_option": self.options.tta,
             "clamped_voxels": self.clamped_voxels,
             "passes": self.passes,
             "padding_voxels": self.padding_voxels,
@@ -236,7 +238,8 @@ class Denoiser:
         """Denoise HU voxels ``[z, y, x]`` (or one slice ``[y, x]``) already in the model's orientation.
 
         ``spacing``: the (row, column) pixel size in mm, where known; it sizes the flat-tissue patches
-        that decide a second pass (:meth:`_passes`). Returns float32 HU for float input; for integer
+        that decide a second pass (:meth:`_passes`) and, under ``tta="auto"``, decides the views
+        (:meth:`views`): without it the array runs one view where :meth:`volume` might run 8. Returns float32 HU for float input; for integer
         input the same integer dtype (native byte order), rounded and clipped to its range. Same
         shape as ``hu``.
         """
@@ -258,11 +261,14 @@ class Denoiser:
         )
         return out
 
-    def views(self, spacing: Optional[tuple[float, float]] = None) -> int:
-        """Mirrored/rotated views averaged per slice for (row, column) pixel ``spacing`` in mm: the
-        options' ``tta``, with ``auto`` resolved by :meth:`~ctdenoise.modelfile.ModelDescription.auto_tta`."""
+    def views(
+        self, spacing: Optional[tuple[float, float]] = None, slice_shape: Optional[tuple[int, int]] = None
+    ) -> int:
+        """Mirrored/rotated views averaged per slice for (row, column) pixel ``spacing`` in mm and
+        slices of ``slice_shape``: the options' ``tta``, with ``auto`` resolved by
+        :meth:`~ctdenoise.modelfile.ModelDescription.auto_tta`."""
         tta = self.options.tta
-        return self.model.auto_tta(spacing) if tta == AUTO_TTA else int(tta)
+        return self.model.auto_tta(spacing, slice_shape) if tta == AUTO_TTA else int(tta)
 
     def _run(
         self,
@@ -285,13 +291,13 @@ class Denoiser:
         """
         first: Optional[np.ndarray] = None
         stats = _SliceStats()
-        copies = self.views(spacing) if views is None else views
-        stats.views = copies
         strength = np.float32(self.options.strength if strength is None else strength)
         if strength == 0.0:
             for part in slabs(slices):
                 out[part] = _cast(slices[part].astype(np.float32), out.dtype)
             return stats
+        copies = self.views(spacing, (int(slices.shape[1]), int(slices.shape[2]))) if views is None else views
+        stats.views = copies
         runtime = self.open()
         if passes is None:
             passes, first = self._passes(slices, padding, floor, spacing, cancel, copies)

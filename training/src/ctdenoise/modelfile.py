@@ -197,23 +197,32 @@ class ModelDescription:
             "graphs": sorted(self.graphs),
         }
 
-    def auto_tta(self, spacing: Optional[tuple[float, float]] = None) -> int:
+    def auto_tta(
+        self, spacing: Optional[tuple[float, float]] = None, slice_shape: Optional[tuple[int, int]] = None
+    ) -> int:
         """Views averaged per slice under ``tta="auto"``: 8 where the (row, column) pixel ``spacing``
         in mm is coarser than the training data's largest pixel by more than the factor that
-        :meth:`spacing_warnings` allows, else 1 (also where either is unknown).
+        :meth:`spacing_warnings` allows and the slice (``slice_shape``, where given) has at most
+        :data:`~ctdenoise.options.AUTO_TTA_MAX_PIXELS` pixels, else 1 (also where the spacing or
+        the training data's is unknown).
 
-        There one view is least reliable (and changes with mirrored or rotated anatomy) and 8 views
-        cost little: such slices have few pixels.
+        There one view is least reliable (and changes with mirrored or rotated anatomy), and on such
+        small slices 8 views cost no more than one view of a 512 x 512 slice. Full-size slices with
+        coarse pixels (an extended field of view, a thick reformat) keep one view.
 
         Examples:
             >>> from ctdenoise import bundled_model_path, read_model
             >>> model = read_model(bundled_model_path())
-            >>> model.auto_tta((0.7, 0.7)), model.auto_tta((3.0, 3.0)), model.auto_tta(None)
+            >>> model.auto_tta((0.7, 0.7)), model.auto_tta((3.0, 3.0), (101, 122)), model.auto_tta((1.6, 1.6), (512, 512))
             (1, 8, 1)
         """
+        from ctdenoise.options import AUTO_TTA_MAX_PIXELS
+
         data = (self.metadata.get("training") or {}).get("data") or {}
         ranges = data.get("spacing_mm") if isinstance(data, dict) else None
         if spacing is None or not isinstance(ranges, dict):
+            return 1
+        if slice_shape is not None and int(slice_shape[0]) * int(slice_shape[1]) > AUTO_TTA_MAX_PIXELS:
             return 1
         coarsest = max(float(ranges["max"][0]), float(ranges["max"][1])) * SPACING_FACTORS["in-plane pixel"]
         return 8 if max(float(spacing[0]), float(spacing[1])) > coarsest else 1

@@ -19,9 +19,11 @@ MIN_TILE = 32
 TTA_COPIES = (1, 2, 4, 8)
 """Test-time augmentation: 1 (off); 2: and the left-right mirror; 4: and both mirrors; 8: and the 90-degree rotations."""
 AUTO_TTA = "auto"
-"""``tta`` default: 8 copies on slices whose pixels are far coarser than the model's training data
-(:meth:`~ctdenoise.modelfile.ModelDescription.auto_tta`), where one view is least reliable and 8
-cost little (a 3 mm slice has a ninth of the pixels of a 1 mm one); else 1."""
+"""``tta`` default: 8 copies on slices whose pixels are far coarser than the model's training data and
+that are small enough for 8 views to cost no more than one view of a 512 x 512 slice
+(:meth:`~ctdenoise.modelfile.ModelDescription.auto_tta`): there one view is least reliable; else 1."""
+AUTO_TTA_MAX_PIXELS = 512 * 512 // 8
+"""Largest slice (pixels) on which ``tta="auto"`` averages 8 views."""
 
 
 @dataclass(frozen=True)
@@ -41,8 +43,8 @@ class DenoiseOptions:
         tta: test-time augmentation, the number of mirrored or rotated copies of each slice whose
             changes are averaged: 1 (off), 2 (left-right mirror), 4 (both mirrors) or 8 (mirrors and
             90-degree rotations: the same result for mirrored or rotated anatomy). Costs that many
-            network runs. ``auto`` (default): 8 where the in-plane pixels are far coarser than the
-            model's training data (:data:`AUTO_TTA`), else 1.
+            network runs. ``auto`` (default): 8 on small slices whose in-plane pixels are far
+            coarser than the model's training data (:data:`AUTO_TTA`), else 1.
         single_pass: run the model once, even where its file asks for a second pass on input that
             one pass leaves noisy (``second_pass_noise_hu``, see
             :meth:`~ctdenoise.modelfile.ModelDescription.second_pass_threshold`).
@@ -180,7 +182,12 @@ def _check_positive(name: str, value: Any, minimum: int) -> None:
 
 def tta_argument(text: str) -> Union[int, str]:
     """argparse type: ``auto`` or an integer (the choices are checked by argparse)."""
-    return AUTO_TTA if text.strip().lower() == AUTO_TTA else _integer(text)
+    if text.strip().lower() == AUTO_TTA:
+        return AUTO_TTA
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not auto or an integer") from None
 
 
 def _number(text: str) -> float:
