@@ -36,6 +36,8 @@ DEFAULT_CHANGE_LIMIT_HU = 500.0
 """Per-voxel change bound for models that do not carry a measured one (seed imports, version 1 files)."""
 SPACING_FACTORS = {"in-plane pixel": 1.5, "slice": 2.0}
 """How far outside the training data's spacing range a volume may lie before a warning."""
+SPACING_AXES = {"in-plane pixel": (0, 1), "slice": (2,)}
+"""The (x, y, z) axes of each spacing whose training range a model records."""
 
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
@@ -218,35 +220,40 @@ class ModelDescription:
         """
         from ctdenoise.options import AUTO_TTA_MAX_PIXELS
 
-        data = (self.metadata.get("training") or {}).get("data") or {}
-        ranges = data.get("spacing_mm") if isinstance(data, dict) else None
-        if spacing is None or not isinstance(ranges, dict):
+        bounds = self._spacing_bounds(SPACING_AXES["in-plane pixel"])
+        if spacing is None or bounds is None:
             return 1
         if slice_shape is not None and int(slice_shape[0]) * int(slice_shape[1]) > AUTO_TTA_MAX_PIXELS:
             return 1
-        coarsest = max(float(ranges["max"][0]), float(ranges["max"][1])) * SPACING_FACTORS["in-plane pixel"]
+        coarsest = bounds[1] * SPACING_FACTORS["in-plane pixel"]
         return 8 if max(float(spacing[0]), float(spacing[1])) > coarsest else 1
 
     def spacing_warnings(self, spacing_xyz: tuple[float, float, float]) -> list[str]:
         """Warnings for voxel sizes far outside the training data's (from the metadata, when recorded)."""
-        data = (self.metadata.get("training") or {}).get("data") or {}
-        ranges = data.get("spacing_mm") if isinstance(data, dict) else None
-        if not isinstance(ranges, dict):
-            return []
         found = []
-        for label, axes in (("in-plane pixel", (0, 1)), ("slice", (2,))):
-            low = min(float(ranges["min"][a]) for a in axes) / SPACING_FACTORS[label]
-            high = max(float(ranges["max"][a]) for a in axes) * SPACING_FACTORS[label]
+        for label, axes in SPACING_AXES.items():
+            bounds = self._spacing_bounds(axes)
+            if bounds is None:
+                return []
+            low, high = bounds[0] / SPACING_FACTORS[label], bounds[1] * SPACING_FACTORS[label]
             for axis in axes:
                 value = float(spacing_xyz[axis])
                 if not low <= value <= high:
                     found.append(
                         f"{label} spacing {value:g} mm is far outside the model's training data "
-                        f"({min(float(ranges['min'][a]) for a in axes):.3g}-{max(float(ranges['max'][a]) for a in axes):.3g} mm): "
+                        f"({bounds[0]:.3g}-{bounds[1]:.3g} mm): "
                         "expect weaker or uneven denoising; resample the volume or use a model trained on such data"
                     )
                     break
         return found
+
+    def _spacing_bounds(self, axes: tuple[int, ...]) -> Optional[tuple[float, float]]:
+        """The training data's smallest and largest spacing (mm) over these (x, y, z) ``axes``, if recorded."""
+        data = (self.metadata.get("training") or {}).get("data") or {}
+        ranges = data.get("spacing_mm") if isinstance(data, dict) else None
+        if not isinstance(ranges, dict):
+            return None
+        return min(float(ranges["min"][a]) for a in axes), max(float(ranges["max"][a]) for a in axes)
 
 
 @dataclass
