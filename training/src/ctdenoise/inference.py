@@ -239,9 +239,9 @@ class Denoiser:
 
         ``spacing``: the (row, column) pixel size in mm, where known; it sizes the flat-tissue patches
         that decide a second pass (:meth:`_passes`) and, under ``tta="auto"``, decides the views
-        (:meth:`views`): without it the array runs one view where :meth:`volume` might run 8. Returns float32 HU for float input; for integer
-        input the same integer dtype (native byte order), rounded and clipped to its range. Same
-        shape as ``hu``.
+        (:meth:`views`): without it the array runs one view where :meth:`volume` might run 8.
+        Returns float32 HU for float input; for integer input the same integer dtype (native byte
+        order), rounded and clipped to its range. Same shape as ``hu``.
         """
         _check_array(hu)
         for message in check_units(
@@ -376,9 +376,9 @@ class Denoiser:
         views: int,
     ) -> tuple[int, Optional[np.ndarray]]:
         """2 where the model asks for a second pass (:meth:`ModelDescription.second_pass_threshold` at
-        this pixel ``spacing``) and one pass at full strength leaves up to :data:`SECOND_PASS_SAMPLE`
-        evenly spread slices noisier than that in flat soft tissue (the median of their :func:`~ctdenoise.noise.band_noise_std`);
-        else 1. With the pass's output for all ``slices`` when the sample was all of them (so that
+        this pixel ``spacing``) and one pass at full strength, with ``views``, leaves up to
+        :data:`SECOND_PASS_SAMPLE` evenly spread slices noisier than that in flat soft tissue (the
+        median of their :func:`~ctdenoise.noise.band_noise_std`); else 1. With the pass's output for all ``slices`` when the sample was all of them (so that
         pass need not run again), else None."""
         from ctdenoise.noise import slice_noise
 

@@ -215,8 +215,10 @@ class ModelDescription:
         Examples:
             >>> from ctdenoise import bundled_model_path, read_model
             >>> model = read_model(bundled_model_path())
-            >>> model.auto_tta((0.7, 0.7)), model.auto_tta((3.0, 3.0), (101, 122)), model.auto_tta((1.6, 1.6), (512, 512))
-            (1, 8, 1)
+            >>> model.auto_tta((0.7, 0.7)), model.auto_tta((3.0, 3.0), (101, 122))
+            (1, 8)
+            >>> model.auto_tta((1.6, 1.6), (512, 512))  # a full-size slice: 8 views would cost 8x
+            1
         """
         from ctdenoise.options import AUTO_TTA_MAX_PIXELS
 
